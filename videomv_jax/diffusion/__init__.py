@@ -1,0 +1,1 @@
+"""videomv_jax.diffusion"""

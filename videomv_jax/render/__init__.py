@@ -1,0 +1,1 @@
+"""Cameras, Gaussian containers and the differentiable tiled Gaussian rasterizer."""
