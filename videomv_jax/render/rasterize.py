@@ -9,10 +9,12 @@ Pipeline (each stage is a function of its own, tested on its own):
    intersection gets one slot of a buffer of ``capacity`` slots. Gaussians are first ordered by
    depth (stable), intersections are generated in that order and then *stably* sorted by tile id,
    so every tile's list is exactly depth ordered (no quantised depth key, no x64).
-3. :func:`composite` — front-to-back alpha compositing per 16×16 tile, in chunks of
-   ``chunk_size`` Gaussians with early exit once every pixel of the image is saturated. A custom
-   VJP recomputes the forward front to back in the backward pass, so the backward memory is
-   O(pixels + Gaussians), independent of how many Gaussians overlap a pixel.
+3. :func:`composite` — front-to-back alpha compositing. Each tile's list is cut into chunks of
+   ``chunk_size`` Gaussians; the (tile, chunk) work items are evaluated ``items_per_step`` at a
+   time whatever their tile, so the cost follows the number of intersections rather than the
+   most loaded tile. Exact front-to-back order comes from two passes joined by a segmented
+   scan of per-chunk transmittances. A custom VJP replays the same passes in the backward, so
+   its memory is O(pixels · chunks + Gaussians) and never stores per-splat state.
 
 Conventions: cameras are given as **OpenCV world-to-camera** 4×4 matrices (x right, y down,
 z forward) and 3×3 pinhole intrinsics ``K``; see :mod:`videomv_jax.render.camera` for
@@ -111,7 +113,9 @@ class RasterSettings:
     """The Jacobian is evaluated at x/z clamped to the frustum enlarged by margin·tan(fov/2)."""
     tile_size: int = 16
     chunk_size: int = 32
-    """Gaussians composited per loop step and tile (speed/memory trade-off only)."""
+    """Gaussians per work item (one tile's chunk): speed/memory trade-off only."""
+    items_per_step: int = 256
+    """Work items evaluated together by the ``flat`` schedule (speed/memory trade-off only)."""
 
     def replace(self, **changes) -> RasterSettings:
         return dataclasses.replace(self, **changes)
@@ -258,12 +262,31 @@ def project_gaussians(
         radii = jnp.ceil(k * jnp.sqrt(jnp.stack([a, c], axis=-1)))
     radii = lax.stop_gradient(radii)
     m2 = lax.stop_gradient(means2d)
-    inside = (
-        (m2[:, 0] + radii[:, 0] > 0) & (m2[:, 0] - radii[:, 0] < width)
-        & (m2[:, 1] + radii[:, 1] > 0) & (m2[:, 1] - radii[:, 1] < height)
-    )
+    if settings.tile_rect == "inria":
+        # Inria culls exactly the Gaussians whose clipped tile rectangle is empty.
+        lo, hi = _rect_bounds(m2, radii, width, height, settings)
+        inside = jnp.all(hi > lo, axis=-1)
+    else:
+        inside = (
+            (m2[:, 0] + radii[:, 0] > 0) & (m2[:, 0] - radii[:, 0] < width)
+            & (m2[:, 1] + radii[:, 1] > 0) & (m2[:, 1] - radii[:, 1] < height)
+        )
     radii = jnp.where((valid & inside)[:, None], radii, 0.0).astype(jnp.int32)
     return Projection(means2d, conics, z, radii, cov2d)
+
+
+def _rect_bounds(means2d, radii, width, height, settings):
+    """Clipped tile bounds (lo, hi) [..., 2] of screen boxes, upper bounds exclusive."""
+    ts = settings.tile_size
+    r = radii.astype(means2d.dtype)
+    lo = jnp.floor((means2d - r) / ts)
+    if settings.tile_rect == "inria":
+        hi = jnp.floor((means2d + r + ts - 1) / ts)
+    else:
+        hi = jnp.ceil((means2d + r) / ts)
+    limits = jnp.array([-(-width // ts), -(-height // ts)], dtype=means2d.dtype)
+    return (jnp.clip(lo, 0, limits).astype(jnp.int32),
+            jnp.clip(hi, 0, limits).astype(jnp.int32))
 
 
 def tile_rects(
@@ -271,18 +294,7 @@ def tile_rects(
 ) -> jax.Array:
     """Tile rectangles [..., 4] = (x_min, x_max, y_min, y_max), upper bounds exclusive, clipped
     to the tile grid; empty (all zero) for culled Gaussians."""
-    ts = settings.tile_size
-    tiles_x, tiles_y = -(-width // ts), -(-height // ts)
-    m = lax.stop_gradient(means2d)
-    r = radii.astype(m.dtype)
-    lo = jnp.floor((m - r) / ts)
-    if settings.tile_rect == "inria":
-        hi = jnp.floor((m + r + ts - 1) / ts)
-    else:
-        hi = jnp.ceil((m + r) / ts)
-    limits = jnp.array([tiles_x, tiles_y], dtype=m.dtype)
-    lo = jnp.clip(lo, 0, limits).astype(jnp.int32)
-    hi = jnp.clip(hi, 0, limits).astype(jnp.int32)
+    lo, hi = _rect_bounds(lax.stop_gradient(means2d), radii, width, height, settings)
     visible = jnp.all(radii > 0, axis=-1, keepdims=True)
     rect = jnp.stack([lo[..., 0], hi[..., 0], lo[..., 1], hi[..., 1]], axis=-1)
     return jnp.where(visible, rect, 0)
@@ -370,18 +382,6 @@ class _Static(NamedTuple):
     num_gaussians: int
 
 
-def _tile_pixel_grid(static: _Static, dtype):
-    """Pixel sample coordinates [T, P] (x, y) and an in-image mask for every tile."""
-    ts = static.settings.tile_size
-    ty, tx = jnp.divmod(jnp.arange(static.tiles_x * static.tiles_y), static.tiles_x)
-    ly, lx = jnp.divmod(jnp.arange(ts * ts), ts)
-    px = tx[:, None] * ts + lx[None, :]
-    py = ty[:, None] * ts + ly[None, :]
-    inside = (px < static.width) & (py < static.height)
-    c = static.settings.pixel_center
-    return px.astype(dtype) + c, py.astype(dtype) + c, inside
-
-
 def _chunk_alpha(attrs, gid, sid, valid, px, py, settings):
     """α [T, P, K] of a chunk of K Gaussians per tile and the pieces its gradient needs."""
     means2d, conics, opacities = attrs
@@ -399,139 +399,19 @@ def _chunk_alpha(attrs, gid, sid, valid, px, py, settings):
     return alpha, use, (dx, dy, gauss, raw < settings.alpha_max)
 
 
-def _chunk_weights(alpha, use, trans, done, settings):
-    """Front-to-back weights of one chunk given the transmittance before it.
+def _chunk_weights(alpha, use, trans, settings):
+    """Front-to-back weights [B, P, K] of a chunk given the transmittance in front of it [B, P].
 
-    Returns weights [T, P, K], the contribution mask, the transmittance before each splat,
-    the transmittance after the chunk and the updated done mask.
+    A splat contributes iff the running transmittance *after* it stays >= transmittance_min;
+    the product is monotone, so this is exactly the per-pixel loop's early stop. Returns the
+    weights, the contribution mask and the transmittance in front of each splat.
     """
-    use = use & ~done[:, :, None]
     a = jnp.where(use, alpha, 0.0)
     incl = jnp.cumprod(1.0 - a, axis=-1)
     excl = jnp.concatenate([jnp.ones_like(incl[..., :1]), incl[..., :-1]], axis=-1)
-    t_after = trans[:, :, None] * incl
-    contrib = use & (t_after >= settings.transmittance_min)
+    contrib = use & (trans[:, :, None] * incl >= settings.transmittance_min)
     t_before = trans[:, :, None] * excl
-    weights = jnp.where(contrib, a * t_before, 0.0)
-    stops = jnp.any(use & ~contrib, axis=-1)
-    new_trans = trans * jnp.prod(jnp.where(contrib, 1.0 - a, 1.0), axis=-1)
-    return weights, contrib, t_before, new_trans, done | stops
-
-
-def _chunk_ids(bins_gid, start, count, step, static):
-    """Ids of the step-th chunk of every tile: image-flat ids, scene-flat ids, validity."""
-    k = static.settings.chunk_size
-    offs = step * k + jnp.arange(k, dtype=jnp.int32)
-    valid = offs[None, :] < count[:, None]
-    pos = jnp.clip(start[:, None] + offs[None, :], 0, bins_gid.shape[0] - 1)
-    gid = bins_gid[pos]
-    n = static.num_gaussians
-    sid = (gid // (n * static.views)) * n + gid % n
-    return gid, sid, valid
-
-
-def _loop_cond(count, k):
-    """Continue while some pixel is unsaturated in a tile that still has Gaussians left."""
-
-    def cond(state):
-        step, _, done = state[:3]
-        return jnp.any((step * k < count)[:, None] & ~done)
-
-    return cond
-
-
-def _composite_image_fwd(attrs, colors, depths, bins_gid, start, count, background, static):
-    """Composite one image: returns colour [T, P, C], depth [T, P], final transmittance [T, P]."""
-    settings = static.settings
-    k = settings.chunk_size
-    px, py, inside = _tile_pixel_grid(static, colors.dtype)
-    num_tiles, num_px = px.shape
-    channels = colors.shape[-1]
-
-    def body(state):
-        step, trans, done, acc_c, acc_d = state
-        gid, sid, valid = _chunk_ids(bins_gid, start, count, step, static)
-        alpha, use, _ = _chunk_alpha(attrs, gid, sid, valid, px, py, settings)
-        w, _, _, trans, done = _chunk_weights(alpha, use, trans, done, settings)
-        acc_c = acc_c + jnp.einsum("tpk,tkc->tpc", w, colors[sid])
-        acc_d = acc_d + jnp.einsum("tpk,tk->tp", w, depths[gid])
-        return step + 1, trans, done, acc_c, acc_d
-
-    dtype = colors.dtype
-    init = (
-        jnp.int32(0),
-        jnp.ones((num_tiles, num_px), dtype),
-        ~inside,
-        jnp.zeros((num_tiles, num_px, channels), dtype),
-        jnp.zeros((num_tiles, num_px), dtype),
-    )
-    _, trans, _, acc_c, acc_d = lax.while_loop(_loop_cond(count, k), body, init)
-    color = acc_c + trans[..., None] * background
-    return color, acc_d, trans
-
-
-def _composite_image_bwd(
-    attrs, colors, depths, bins_gid, start, count, background, image_index, outputs, cotangents,
-    static, num_gaussians,
-):
-    """Gradients of one image w.r.t. its Gaussians' screen attributes (front-to-back replay)."""
-    settings = static.settings
-    k = settings.chunk_size
-    px, py, inside = _tile_pixel_grid(static, colors.dtype)
-    num_tiles, num_px = px.shape
-    color_out, depth_out, trans_final = outputs
-    g_color, g_depth, g_alpha = cotangents
-    # L = Σ w_i f_i + T_final·f_bg with f_i = g_C·c_i + g_D·z_i and f_bg = g_C·bg − g_A.
-    total = (
-        jnp.sum(g_color * color_out, -1) + g_depth * depth_out - g_alpha * trans_final
-    )
-    offset = image_index * num_gaussians
-    dtype = colors.dtype
-    num_attr = 2 + 3 + 1 + colors.shape[-1] + 1
-
-    def body(state):
-        step, trans, done, acc, grads = state
-        gid, sid, valid = _chunk_ids(bins_gid, start, count, step, static)
-        alpha, use, (dx, dy, gauss, unclamped) = _chunk_alpha(
-            attrs, gid, sid, valid, px, py, settings)
-        w, contrib, t_before, trans, done = _chunk_weights(alpha, use, trans, done, settings)
-        col = colors[sid]  # [T, K, C]
-        dep = depths[gid]  # [T, K]
-        f = jnp.einsum("tpc,tkc->tpk", g_color, col) + g_depth[:, :, None] * dep[:, None, :]
-        wf = w * f
-        after = total[:, :, None] - acc[:, :, None] - jnp.cumsum(wf, axis=-1)
-        acc = acc + jnp.sum(wf, axis=-1)
-        g_a = jnp.where(contrib, t_before * f - after / (1.0 - alpha), 0.0)
-        g_raw = jnp.where(unclamped, g_a, 0.0)
-        op = attrs[2][sid]
-        g_sigma = -g_raw * op[:, None, :] * gauss  # dα/dσ = −o·exp(−σ)
-        con = attrs[1][gid]
-        a, b, c = con[:, None, :, 0], con[:, None, :, 1], con[:, None, :, 2]
-        g_mx = jnp.sum(g_sigma * (a * dx + b * dy), axis=1)
-        g_my = jnp.sum(g_sigma * (c * dy + b * dx), axis=1)
-        g_ca = jnp.sum(g_sigma * 0.5 * dx * dx, axis=1)
-        g_cb = jnp.sum(g_sigma * dx * dy, axis=1)
-        g_cc = jnp.sum(g_sigma * 0.5 * dy * dy, axis=1)
-        g_op = jnp.sum(g_raw * gauss, axis=1)
-        g_col = jnp.einsum("tpk,tpc->tkc", w, g_color)
-        g_dep = jnp.einsum("tpk,tp->tk", w, g_depth)
-        rows = jnp.concatenate(
-            [jnp.stack([g_mx, g_my, g_ca, g_cb, g_cc, g_op], -1), g_col, g_dep[..., None]], -1
-        )
-        local = jnp.where(valid, gid - offset, num_gaussians)
-        grads = grads.at[local.reshape(-1)].add(rows.reshape(-1, num_attr), mode="drop")
-        return step + 1, trans, done, acc, grads
-
-    init = (
-        jnp.int32(0),
-        jnp.ones((num_tiles, num_px), dtype),
-        ~inside,
-        jnp.zeros((num_tiles, num_px), dtype),
-        jnp.zeros((num_gaussians, num_attr), dtype),
-    )
-    *_, grads = lax.while_loop(_loop_cond(count, k), body, init)
-    g_background = jnp.einsum("tp,tpc->c", trans_final, g_color)
-    return grads, g_background
+    return jnp.where(contrib, a * t_before, 0.0), contrib, t_before
 
 
 def _tiles_to_image(x, static):
@@ -551,6 +431,196 @@ def _image_to_tiles(x, static):
     return jnp.swapaxes(x, 1, 2).reshape(static.tiles_y * static.tiles_x, ts * ts, *x.shape[4:])
 
 
+# --------------------------------------------------------------------------------------------
+# Flat schedule: (tile, chunk) work items in fixed-size steps, no per-tile lockstep
+# --------------------------------------------------------------------------------------------
+#
+# Every tile's depth-ordered list is cut into chunks of K Gaussians; each chunk is one work item.
+# Items are processed ``items_per_step`` at a time, whatever tile they belong to, so the cost is
+# proportional to the number of intersections instead of (tiles × the most loaded tile).
+# Front-to-back order is kept exactly by two passes: pass 1 computes each item's transmittance
+# product, a segmented exclusive product along the items of a tile gives the transmittance in
+# front of every item, and pass 2 composites with it. A splat contributes iff the running
+# product after it stays >= transmittance_min (the product is monotone, so this is exactly the
+# "stop before the splat that saturates the pixel" rule of the per-pixel loop).
+
+
+class _Items(NamedTuple):
+    tile: jax.Array  # [W] global tile index of each work item (I·T where invalid)
+    chunk: jax.Array  # [W] chunk index of the item within its tile
+    first: jax.Array  # [W] bool, the item is its tile's first chunk
+    count: jax.Array  # [] number of valid items
+
+
+def _work_items(starts, counts, num_items, k):
+    """Enumerate (tile, chunk) items for flat [I·T] tile lists into ``num_items`` static slots."""
+    num_tiles = counts.shape[0]
+    n_chunks = (counts + k - 1) // k
+    offsets = jnp.cumsum(n_chunks) - n_chunks
+    total = jnp.sum(n_chunks)
+    slots = jnp.arange(num_items, dtype=jnp.int32)
+    marker = jnp.zeros(num_items, jnp.int32).at[jnp.where(n_chunks > 0, offsets, num_items)].max(
+        jnp.arange(num_tiles, dtype=jnp.int32), mode="drop")
+    tile = lax.cummax(marker)
+    chunk = slots - offsets[tile]
+    valid = slots < total
+    return _Items(jnp.where(valid, tile, num_tiles), chunk, chunk == 0, total)
+
+
+def _segmented_exclusive_scan(values, first, combine, identity):
+    """Exclusive scan of ``values`` [W, ...] along axis 0, restarting where ``first`` is set."""
+
+    def op(a, b):
+        va, fa = a
+        vb, fb = b
+        fb_ = fb.reshape(fb.shape + (1,) * (vb.ndim - fb.ndim))
+        return jnp.where(fb_, vb, combine(va, vb)), fa | fb
+
+    incl, _ = lax.associative_scan(op, (values, first))
+    shifted = jnp.concatenate([jnp.full_like(incl[:1], identity), incl[:-1]], axis=0)
+    first_ = first.reshape(first.shape + (1,) * (values.ndim - 1))
+    return jnp.where(first_, identity, shifted)
+
+
+def _item_batch(static, bins_gid, starts, counts, items, step, dtype):
+    """Ids, validity and pixel coordinates of the ``step``-th batch of work items."""
+    settings = static.settings
+    b, k, ts = settings.items_per_step, settings.chunk_size, settings.tile_size
+    num_tiles_total = counts.shape[0]
+    tile = lax.dynamic_slice_in_dim(items.tile, step * b, b)
+    chunk = lax.dynamic_slice_in_dim(items.chunk, step * b, b)
+    tile_c = jnp.minimum(tile, num_tiles_total - 1)
+    offs = chunk[:, None] * k + jnp.arange(k, dtype=jnp.int32)[None, :]
+    valid = (offs < counts[tile_c][:, None]) & (tile < num_tiles_total)[:, None]
+    pos = jnp.clip(starts[tile_c][:, None] + offs, 0, bins_gid.shape[0] - 1)
+    gid = bins_gid[pos]
+    n = static.num_gaussians
+    sid = (gid // (n * static.views)) * n + gid % n
+    local_tile = tile_c % (static.tiles_x * static.tiles_y)
+    ty, tx = jnp.divmod(local_tile, static.tiles_x)
+    ly, lx = jnp.divmod(jnp.arange(ts * ts), ts)
+    c = settings.pixel_center
+    px = (tx[:, None] * ts + lx[None, :]).astype(dtype) + c
+    py = (ty[:, None] * ts + ly[None, :]).astype(dtype) + c
+    return tile, gid, sid, valid, px, py
+
+
+def _num_steps(items, static):
+    b = static.settings.items_per_step
+    return (items.count + b - 1) // b
+
+
+def _flat_forward(attrs, colors, depths, background, bins_gid, starts, counts, static):
+    """Composite all tiles. Returns per-tile colour [I·T, P, C], depth, final transmittance and
+    the transmittance in front of every work item (a residual for the backward pass)."""
+    settings = static.settings
+    b, k = settings.items_per_step, settings.chunk_size
+    dtype = colors.dtype
+    num_tiles_total = counts.shape[0]
+    num_px = settings.tile_size ** 2
+    num_items = -(-(bins_gid.shape[0] // k + num_tiles_total + 1) // b) * b
+    items = _work_items(starts, counts, num_items, k)
+    steps = _num_steps(items, static)
+
+    def pass1(step, prods):
+        _, gid, sid, valid, px, py = _item_batch(static, bins_gid, starts, counts, items, step,
+                                                 dtype)
+        alpha, use, _ = _chunk_alpha(attrs, gid, sid, valid, px, py, settings)
+        prod = jnp.prod(jnp.where(use, 1.0 - alpha, 1.0), axis=-1)
+        return lax.dynamic_update_slice_in_dim(prods, prod, step * b, 0)
+
+    prods = lax.fori_loop(0, steps, pass1, jnp.ones((num_items, num_px), dtype))
+    t_front = _segmented_exclusive_scan(prods, items.first, jnp.multiply, 1.0)
+
+    def pass2(step, acc):
+        acc_c, acc_d, acc_t = acc
+        tile, gid, sid, valid, px, py = _item_batch(static, bins_gid, starts, counts, items,
+                                                    step, dtype)
+        alpha, use, _ = _chunk_alpha(attrs, gid, sid, valid, px, py, settings)
+        trans = lax.dynamic_slice_in_dim(t_front, step * b, b)
+        w, contrib, _ = _chunk_weights(alpha, use, trans, settings)
+        kept = jnp.prod(jnp.where(contrib, 1.0 - alpha, 1.0), axis=-1)
+        acc_c = acc_c.at[tile].add(jnp.einsum("bpk,bkc->bpc", w, colors[sid]), mode="drop")
+        acc_d = acc_d.at[tile].add(jnp.einsum("bpk,bk->bp", w, depths[gid]), mode="drop")
+        acc_t = acc_t.at[tile].multiply(kept, mode="drop")
+        return acc_c, acc_d, acc_t
+
+    channels = colors.shape[-1]
+    acc = (jnp.zeros((num_tiles_total, num_px, channels), dtype),
+           jnp.zeros((num_tiles_total, num_px), dtype),
+           jnp.ones((num_tiles_total, num_px), dtype))
+    acc_c, acc_d, trans = lax.fori_loop(0, steps, pass2, acc)
+    tiles_per_image = static.tiles_x * static.tiles_y
+    bg = jnp.repeat(background, tiles_per_image, axis=0)  # [I·T, C]
+    color = acc_c + trans[..., None] * bg[:, None, :]
+    return color, acc_d, trans, t_front
+
+
+def _flat_backward(attrs, colors, depths, bins_gid, starts, counts, t_front, outputs,
+                   cotangents, static):
+    """Gradients w.r.t. per-Gaussian screen attributes, flat [I·N, G] (see _composite_bwd)."""
+    settings = static.settings
+    b, k = settings.items_per_step, settings.chunk_size
+    dtype = colors.dtype
+    num_tiles_total = counts.shape[0]
+    num_items = t_front.shape[0]
+    num_px = settings.tile_size ** 2
+    items = _work_items(starts, counts, num_items, k)
+    steps = _num_steps(items, static)
+    color_out, depth_out, trans_final = outputs
+    g_color, g_depth, g_alpha = cotangents
+    # L = Σ w_i f_i + T_final·f_bg with f_i = g_C·c_i + g_D·z_i and f_bg = g_C·bg − g_A.
+    total = jnp.sum(g_color * color_out, -1) + g_depth * depth_out - g_alpha * trans_final
+
+    def evaluate(step):
+        tile, gid, sid, valid, px, py = _item_batch(static, bins_gid, starts, counts, items,
+                                                    step, dtype)
+        alpha, use, extra = _chunk_alpha(attrs, gid, sid, valid, px, py, settings)
+        trans = lax.dynamic_slice_in_dim(t_front, step * b, b)
+        w, contrib, t_before = _chunk_weights(alpha, use, trans, settings)
+        tile_c = jnp.minimum(tile, num_tiles_total - 1)
+        gc, gd = g_color[tile_c], g_depth[tile_c]  # [B, P, C], [B, P]
+        f = jnp.einsum("bpc,bkc->bpk", gc, colors[sid]) + gd[:, :, None] * depths[gid][:, None]
+        return tile, gid, sid, valid, alpha, extra, w, contrib, t_before, f, gc, gd
+
+    def pass_a(step, sums):
+        *_, w, _, _, f, _, _ = evaluate(step)
+        return lax.dynamic_update_slice_in_dim(sums, jnp.sum(w * f, axis=-1), step * b, 0)
+
+    sums = lax.fori_loop(0, steps, pass_a, jnp.zeros((num_items, num_px), dtype))
+    front_sums = _segmented_exclusive_scan(sums, items.first, jnp.add, 0.0)
+    num_attr = 2 + 3 + 1 + colors.shape[-1] + 1
+
+    def pass_b(step, grads):
+        tile, gid, sid, valid, alpha, extra, w, contrib, t_before, f, gc, gd = evaluate(step)
+        dx, dy, gauss, unclamped = extra
+        wf = w * f
+        tile_c = jnp.minimum(tile, num_tiles_total - 1)
+        front = lax.dynamic_slice_in_dim(front_sums, step * b, b)
+        after = (total[tile_c] - front)[:, :, None] - jnp.cumsum(wf, axis=-1)
+        g_a = jnp.where(contrib, t_before * f - after / (1.0 - alpha), 0.0)
+        g_raw = jnp.where(unclamped, g_a, 0.0)
+        g_sigma = -g_raw * attrs[2][sid][:, None, :] * gauss  # dα/dσ = −o·exp(−σ)
+        con = attrs[1][gid]
+        a, bb, c = con[:, None, :, 0], con[:, None, :, 1], con[:, None, :, 2]
+        rows = jnp.concatenate([
+            jnp.stack([
+                jnp.sum(g_sigma * (a * dx + bb * dy), axis=1),
+                jnp.sum(g_sigma * (c * dy + bb * dx), axis=1),
+                jnp.sum(g_sigma * 0.5 * dx * dx, axis=1),
+                jnp.sum(g_sigma * dx * dy, axis=1),
+                jnp.sum(g_sigma * 0.5 * dy * dy, axis=1),
+                jnp.sum(g_raw * gauss, axis=1),
+            ], axis=-1),
+            jnp.einsum("bpk,bpc->bkc", w, gc),
+            jnp.einsum("bpk,bp->bk", w, gd)[..., None],
+        ], axis=-1)
+        index = jnp.where(valid, gid, grads.shape[0])
+        return grads.at[index.reshape(-1)].add(rows.reshape(-1, num_attr), mode="drop")
+
+    return lax.fori_loop(0, steps, pass_b, jnp.zeros((attrs[0].shape[0], num_attr), dtype))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
 def _composite_images(means2d, conics, opacities, colors, depths, background, gid, starts, counts,
                       static):
@@ -561,45 +631,37 @@ def _composite_images(means2d, conics, opacities, colors, depths, background, gi
 
 def _composite_fwd(means2d, conics, opacities, colors, depths, background, gid, starts, counts,
                    static):
-    attrs = (means2d, conics, opacities)
-
-    def one(args):
-        start, count, bg = args
-        return _composite_image_fwd(attrs, colors, depths, gid, start, count, bg, static)
-
-    color, depth, trans = lax.map(one, (starts, counts, background))
-    out = (
-        jax.vmap(lambda x: _tiles_to_image(x, static))(color),
-        jax.vmap(lambda x: _tiles_to_image(x, static))(depth),
-        jax.vmap(lambda x: _tiles_to_image(x, static))(1.0 - trans),
-    )
-    residuals = (means2d, conics, opacities, colors, depths, background, gid, starts, counts,
-                 color, depth, trans)
+    num_images, tiles = starts.shape
+    color, depth, trans, t_front = _flat_forward(
+        (means2d, conics, opacities), colors, depths, background, gid, starts.reshape(-1),
+        counts.reshape(-1), static)
+    color = color.reshape(num_images, tiles, *color.shape[1:])
+    depth, trans = depth.reshape(num_images, tiles, -1), trans.reshape(num_images, tiles, -1)
+    out = tuple(jax.vmap(lambda x: _tiles_to_image(x, static))(x)
+                for x in (color, depth, 1.0 - trans))
+    residuals = (means2d, conics, opacities, colors, depths, gid, starts, counts,
+                 color, depth, trans, t_front)
     return out, residuals
 
 
 def _composite_bwd(static, residuals, cotangents):
-    (means2d, conics, opacities, colors, depths, background, gid, starts, counts,
-     color, depth, trans) = residuals
+    (means2d, conics, opacities, colors, depths, gid, starts, counts,
+     color, depth, trans, t_front) = residuals
     num_images = starts.shape[0]
-    num_gaussians = static.num_gaussians
     to_tiles = jax.vmap(lambda x: _image_to_tiles(x, static))
     g_color, g_depth, g_alpha = (to_tiles(c) for c in cotangents)
-    attrs = (means2d, conics, opacities)
+    flat_tiles = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    grads = _flat_backward(
+        (means2d, conics, opacities), colors, depths, gid, starts.reshape(-1),
+        counts.reshape(-1), t_front, (flat_tiles(color), flat_tiles(depth), flat_tiles(trans)),
+        (flat_tiles(g_color), flat_tiles(g_depth), flat_tiles(g_alpha)), static)
+    g_bg = jnp.einsum("itp,itpc->ic", trans, g_color)
+    return _split_grads(grads, g_bg, colors.shape[-1], num_images, static, gid, starts, counts)
 
-    def one(args):
-        idx, start, count, bg, c, d, t, gc, gd, ga = args
-        return _composite_image_bwd(
-            attrs, colors, depths, gid, start, count, bg, idx, (c, d, t), (gc, gd, ga),
-            static, num_gaussians,
-        )
 
-    grads, g_bg = lax.map(
-        one,
-        (jnp.arange(num_images), starts, counts, background, color, depth, trans, g_color,
-         g_depth, g_alpha),
-    )
-    ch = colors.shape[-1]
+def _split_grads(grads, g_bg, ch, num_images, static, gid, starts, counts):
+    """[I·N, G] per-image gradient rows → the cotangents of _composite_images' inputs."""
+    num_gaussians = static.num_gaussians
     # Opacities and colours are shared by the views of a scene: sum their gradients over views.
     per_scene = grads.reshape(num_images // static.views, static.views, num_gaussians, -1)
     per_scene = jnp.sum(per_scene, axis=1).reshape(-1, grads.shape[-1])
@@ -655,7 +717,7 @@ class RasterInfo(NamedTuple):
     """Per-call diagnostics of the static intersection buffer."""
 
     intersections: jax.Array  # [] int32 (Gaussian, tile) intersections the scene needs
-    capacity: int  # slots in the buffer
+    capacity: int | jax.Array  # slots in the buffer (an array once returned from jit)
     overflow: jax.Array  # [] bool: intersections > capacity (outputs are then invalid)
     max_tile_load: jax.Array  # [] int32 largest number of Gaussians in one tile
 
