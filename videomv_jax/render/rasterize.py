@@ -383,11 +383,11 @@ class _Static(NamedTuple):
 
 
 def _chunk_alpha(attrs, gid, sid, valid, px, py, settings):
-    """α [T, P, K] of a chunk of K Gaussians per tile and the pieces its gradient needs."""
+    """α [B, P, K] of B work items (K Gaussians of one tile each) and what its gradient needs."""
     means2d, conics, opacities = attrs
-    m = means2d[gid]  # [T, K, 2]
-    con = conics[gid]  # [T, K, 3]
-    op = opacities[sid]  # [T, K]
+    m = means2d[gid]  # [B, K, 2]
+    con = conics[gid]  # [B, K, 3]
+    op = opacities[sid]  # [B, K]
     dx = m[:, None, :, 0] - px[:, :, None]
     dy = m[:, None, :, 1] - py[:, :, None]
     a, b, c = con[:, None, :, 0], con[:, None, :, 1], con[:, None, :, 2]
@@ -482,13 +482,16 @@ def _segmented_exclusive_scan(values, first, combine, identity):
     return jnp.where(first_, identity, shifted)
 
 
-def _item_batch(static, bins_gid, starts, counts, items, step, dtype):
-    """Ids, validity and pixel coordinates of the ``step``-th batch of work items."""
+def _item_batch(static, bins_gid, starts, counts, items, ids, dtype):
+    """Gaussian ids, validity and pixel coordinates of the work items ``ids`` [B].
+
+    ``ids`` past the valid items carry the index ``len(items.tile)`` and are masked out.
+    """
     settings = static.settings
-    b, k, ts = settings.items_per_step, settings.chunk_size, settings.tile_size
+    k, ts = settings.chunk_size, settings.tile_size
     num_tiles_total = counts.shape[0]
-    tile = lax.dynamic_slice_in_dim(items.tile, step * b, b)
-    chunk = lax.dynamic_slice_in_dim(items.chunk, step * b, b)
+    tile = items.tile.at[ids].get(mode="fill", fill_value=num_tiles_total)
+    chunk = items.chunk.at[ids].get(mode="fill", fill_value=0)
     tile_c = jnp.minimum(tile, num_tiles_total - 1)
     offs = chunk[:, None] * k + jnp.arange(k, dtype=jnp.int32)[None, :]
     valid = (offs < counts[tile_c][:, None]) & (tile < num_tiles_total)[:, None]
@@ -505,39 +508,61 @@ def _item_batch(static, bins_gid, starts, counts, items, step, dtype):
     return tile, gid, sid, valid, px, py
 
 
-def _num_steps(items, static):
+def _batched_loop(ids, count, static, body, init):
+    """Run ``body(batch_ids, carry)`` over ``ids[:count]`` in batches of items_per_step."""
     b = static.settings.items_per_step
-    return (items.count + b - 1) // b
+    num_ids = ids.shape[0]
+
+    def step_fn(step, carry):
+        pos = step * b + jnp.arange(b, dtype=jnp.int32)
+        batch = jnp.where(pos < count, ids.at[pos].get(mode="fill", fill_value=num_ids), num_ids)
+        return body(batch, carry)
+
+    return lax.fori_loop(0, (count + b - 1) // b, step_fn, init)
+
+
+def _live_items(items, t_front, num_tiles_total, static):
+    """Indices of the items with at least one pixel still unsaturated in front of them (the
+    others composite nothing and get no gradient), packed first, and their number."""
+    num_items = t_front.shape[0]
+    live = (items.tile < num_tiles_total) & jnp.any(
+        t_front >= static.settings.transmittance_min, axis=-1)
+    rank = jnp.cumsum(live) - 1
+    order = jnp.full(num_items, num_items, jnp.int32).at[jnp.where(live, rank, num_items)].set(
+        jnp.arange(num_items, dtype=jnp.int32), mode="drop")
+    return order, jnp.sum(live)
 
 
 def _flat_forward(attrs, colors, depths, background, bins_gid, starts, counts, static):
     """Composite all tiles. Returns per-tile colour [I·T, P, C], depth, final transmittance and
     the transmittance in front of every work item (a residual for the backward pass)."""
     settings = static.settings
-    b, k = settings.items_per_step, settings.chunk_size
+    k = settings.chunk_size
     dtype = colors.dtype
     num_tiles_total = counts.shape[0]
     num_px = settings.tile_size ** 2
-    num_items = -(-(bins_gid.shape[0] // k + num_tiles_total + 1) // b) * b
+    num_items = bins_gid.shape[0] // k + num_tiles_total + 1
     items = _work_items(starts, counts, num_items, k)
-    steps = _num_steps(items, static)
+    all_ids = jnp.arange(num_items, dtype=jnp.int32)
 
-    def pass1(step, prods):
-        _, gid, sid, valid, px, py = _item_batch(static, bins_gid, starts, counts, items, step,
+    def pass1(ids, prods):
+        _, gid, sid, valid, px, py = _item_batch(static, bins_gid, starts, counts, items, ids,
                                                  dtype)
         alpha, use, _ = _chunk_alpha(attrs, gid, sid, valid, px, py, settings)
         prod = jnp.prod(jnp.where(use, 1.0 - alpha, 1.0), axis=-1)
-        return lax.dynamic_update_slice_in_dim(prods, prod, step * b, 0)
+        return prods.at[ids].set(prod, mode="drop")
 
-    prods = lax.fori_loop(0, steps, pass1, jnp.ones((num_items, num_px), dtype))
+    prods = _batched_loop(all_ids, items.count, static, pass1,
+                          jnp.ones((num_items, num_px), dtype))
     t_front = _segmented_exclusive_scan(prods, items.first, jnp.multiply, 1.0)
+    live, num_live = _live_items(items, t_front, num_tiles_total, static)
 
-    def pass2(step, acc):
+    def pass2(ids, acc):
         acc_c, acc_d, acc_t = acc
         tile, gid, sid, valid, px, py = _item_batch(static, bins_gid, starts, counts, items,
-                                                    step, dtype)
+                                                    ids, dtype)
         alpha, use, _ = _chunk_alpha(attrs, gid, sid, valid, px, py, settings)
-        trans = lax.dynamic_slice_in_dim(t_front, step * b, b)
+        trans = t_front.at[ids].get(mode="fill", fill_value=0.0)
         w, contrib, _ = _chunk_weights(alpha, use, trans, settings)
         kept = jnp.prod(jnp.where(contrib, 1.0 - alpha, 1.0), axis=-1)
         acc_c = acc_c.at[tile].add(jnp.einsum("bpk,bkc->bpc", w, colors[sid]), mode="drop")
@@ -549,7 +574,7 @@ def _flat_forward(attrs, colors, depths, background, bins_gid, starts, counts, s
     acc = (jnp.zeros((num_tiles_total, num_px, channels), dtype),
            jnp.zeros((num_tiles_total, num_px), dtype),
            jnp.ones((num_tiles_total, num_px), dtype))
-    acc_c, acc_d, trans = lax.fori_loop(0, steps, pass2, acc)
+    acc_c, acc_d, trans = _batched_loop(live, num_live, static, pass2, acc)
     tiles_per_image = static.tiles_x * static.tiles_y
     bg = jnp.repeat(background, tiles_per_image, axis=0)  # [I·T, C]
     color = acc_c + trans[..., None] * bg[:, None, :]
@@ -560,43 +585,42 @@ def _flat_backward(attrs, colors, depths, bins_gid, starts, counts, t_front, out
                    cotangents, static):
     """Gradients w.r.t. per-Gaussian screen attributes, flat [I·N, G] (see _composite_bwd)."""
     settings = static.settings
-    b, k = settings.items_per_step, settings.chunk_size
+    k = settings.chunk_size
     dtype = colors.dtype
     num_tiles_total = counts.shape[0]
     num_items = t_front.shape[0]
     num_px = settings.tile_size ** 2
     items = _work_items(starts, counts, num_items, k)
-    steps = _num_steps(items, static)
+    live, num_live = _live_items(items, t_front, num_tiles_total, static)
     color_out, depth_out, trans_final = outputs
     g_color, g_depth, g_alpha = cotangents
     # L = Σ w_i f_i + T_final·f_bg with f_i = g_C·c_i + g_D·z_i and f_bg = g_C·bg − g_A.
     total = jnp.sum(g_color * color_out, -1) + g_depth * depth_out - g_alpha * trans_final
 
-    def evaluate(step):
+    def evaluate(ids):
         tile, gid, sid, valid, px, py = _item_batch(static, bins_gid, starts, counts, items,
-                                                    step, dtype)
+                                                    ids, dtype)
         alpha, use, extra = _chunk_alpha(attrs, gid, sid, valid, px, py, settings)
-        trans = lax.dynamic_slice_in_dim(t_front, step * b, b)
+        trans = t_front.at[ids].get(mode="fill", fill_value=0.0)
         w, contrib, t_before = _chunk_weights(alpha, use, trans, settings)
         tile_c = jnp.minimum(tile, num_tiles_total - 1)
         gc, gd = g_color[tile_c], g_depth[tile_c]  # [B, P, C], [B, P]
         f = jnp.einsum("bpc,bkc->bpk", gc, colors[sid]) + gd[:, :, None] * depths[gid][:, None]
-        return tile, gid, sid, valid, alpha, extra, w, contrib, t_before, f, gc, gd
+        return tile_c, gid, sid, valid, alpha, extra, w, contrib, t_before, f, gc, gd
 
-    def pass_a(step, sums):
-        *_, w, _, _, f, _, _ = evaluate(step)
-        return lax.dynamic_update_slice_in_dim(sums, jnp.sum(w * f, axis=-1), step * b, 0)
+    def pass_a(ids, sums):
+        *_, w, _, _, f, _, _ = evaluate(ids)
+        return sums.at[ids].set(jnp.sum(w * f, axis=-1), mode="drop")
 
-    sums = lax.fori_loop(0, steps, pass_a, jnp.zeros((num_items, num_px), dtype))
+    sums = _batched_loop(live, num_live, static, pass_a, jnp.zeros((num_items, num_px), dtype))
     front_sums = _segmented_exclusive_scan(sums, items.first, jnp.add, 0.0)
     num_attr = 2 + 3 + 1 + colors.shape[-1] + 1
 
-    def pass_b(step, grads):
-        tile, gid, sid, valid, alpha, extra, w, contrib, t_before, f, gc, gd = evaluate(step)
+    def pass_b(ids, grads):
+        tile_c, gid, sid, valid, alpha, extra, w, contrib, t_before, f, gc, gd = evaluate(ids)
         dx, dy, gauss, unclamped = extra
         wf = w * f
-        tile_c = jnp.minimum(tile, num_tiles_total - 1)
-        front = lax.dynamic_slice_in_dim(front_sums, step * b, b)
+        front = front_sums.at[ids].get(mode="fill", fill_value=0.0)
         after = (total[tile_c] - front)[:, :, None] - jnp.cumsum(wf, axis=-1)
         g_a = jnp.where(contrib, t_before * f - after / (1.0 - alpha), 0.0)
         g_raw = jnp.where(unclamped, g_a, 0.0)
@@ -618,7 +642,8 @@ def _flat_backward(attrs, colors, depths, bins_gid, starts, counts, t_front, out
         index = jnp.where(valid, gid, grads.shape[0])
         return grads.at[index.reshape(-1)].add(rows.reshape(-1, num_attr), mode="drop")
 
-    return lax.fori_loop(0, steps, pass_b, jnp.zeros((attrs[0].shape[0], num_attr), dtype))
+    return _batched_loop(live, num_live, static, pass_b,
+                         jnp.zeros((attrs[0].shape[0], num_attr), dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
