@@ -1,1 +1,1 @@
-"""videomv_jax.nn"""
+"""Shared layers: attention (one function, kernel by config), embeddings, norm helpers."""
