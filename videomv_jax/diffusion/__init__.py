@@ -1,1 +1,1 @@
-"""videomv_jax.diffusion"""
+"""Noise schedules, DDIM with eps / v prediction, classifier-free guidance (pure functions)."""
