@@ -115,6 +115,7 @@ def convert_state_dict(
     out: dict[Path, np.ndarray] = {}
     used: set[str] = set()
     missing_src, mismatched, duplicated = [], [], []
+    misfit: set[Path] = set()  # targets whose source exists but has the wrong shape
     for rule in rules:
         if rule.target not in target:
             raise KeyError(f"converter bug: rule target {path_str(rule.target)} is not a "
@@ -127,11 +128,12 @@ def convert_state_dict(
         want = tuple(target[rule.target].shape)
         if tuple(value.shape) != want:
             mismatched.append((rule.source, path_str(rule.target), tuple(value.shape), want))
+            misfit.add(rule.target)
             continue
         if rule.target in out:
             duplicated.append(path_str(rule.target))
         out[rule.target] = value.astype(np.dtype(target[rule.target].dtype), copy=False)
-    unfilled = [path_str(p) for p in target if p not in out]
+    unfilled = [path_str(p) for p in target if p not in out and p not in misfit]
     missing = missing_src + [p for p in unfilled
                              if not any(p == m.split(" ")[0] for m in missing_src)]
     unexpected = [k for k in source
