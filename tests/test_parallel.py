@@ -1,0 +1,266 @@
+"""Meshes and logical-axis sharding (videomv_jax.parallel).
+
+The multi-device checks run in a subprocess with 8 host CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before jax is imported, and
+this pytest process has already imported it). Rule logic is tested in-process on
+``AbstractMesh`` objects, which need no devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+from jax.sharding import AbstractMesh, PartitionSpec
+
+from videomv_jax.parallel import (
+    DEFAULT_RULES,
+    logical_to_spec,
+    make_mesh,
+    make_rules,
+    with_logical_constraint,
+)
+from videomv_jax.parallel import (
+    mesh as mesh_mod,
+)
+
+AXES = ("data", "fsdp", "tensor")
+
+
+def abstract(data: int, fsdp: int, tensor: int) -> AbstractMesh:
+    return AbstractMesh((data, fsdp, tensor), AXES)
+
+
+# ---- rules (in-process) ------------------------------------------------------------------------
+
+
+def test_default_rules_cover_layer_names():
+    for name in ("embed", "mlp", "conv_in", "conv_out", "vocab", "batch", "frames", "length",
+                 "heads"):
+        assert name in DEFAULT_RULES
+    assert DEFAULT_RULES["batch"] == ("data", "fsdp")
+    assert DEFAULT_RULES["conv_out"] == "tensor" and DEFAULT_RULES["embed"] == "fsdp"
+
+
+def test_logical_to_spec_shards_divisible_dims():
+    m = abstract(2, 2, 2)
+    assert logical_to_spec(("embed", "mlp"), shape=(8, 16), mesh=m) == PartitionSpec("fsdp",
+                                                                                     "tensor")
+    spec = logical_to_spec((None, None, "conv_in", "conv_out"), shape=(3, 3, 4, 8), mesh=m)
+    assert spec == PartitionSpec(None, None, "fsdp", "tensor")
+    assert logical_to_spec(("batch", "length"), shape=(8, 5), mesh=m) == PartitionSpec(
+        ("data", "fsdp"))
+
+
+def test_logical_to_spec_fallbacks_never_raise():
+    m = abstract(4, 2, 1)
+    # tensor axis has size 1: dropped
+    assert logical_to_spec(("embed", "mlp"), shape=(8, 16), mesh=m) == PartitionSpec("fsdp")
+    # 3 input channels do not divide over fsdp=2: replicated
+    assert logical_to_spec((None, None, "conv_in", "conv_out"), shape=(3, 3, 3, 8),
+                           mesh=m) == PartitionSpec()
+    # batch 2: data=4 does not divide it, fsdp=2 does -> partially sharded
+    assert logical_to_spec(("batch", None), shape=(2, 7), mesh=m) == PartitionSpec("fsdp")
+    # batch 1: fully replicated
+    assert logical_to_spec(("batch", None), shape=(1, 7), mesh=m) == PartitionSpec()
+    # a mesh axis shards at most one dimension: embed (fsdp) loses to batch (data, fsdp)
+    assert logical_to_spec(("batch", "length", "embed"), shape=(8, 3, 16),
+                           mesh=m) == PartitionSpec(("data", "fsdp"))
+    # unknown logical names and None replicate; no metadata = replicated
+    assert logical_to_spec(("whatever", None), shape=(8, 8), mesh=m) == PartitionSpec()
+    assert logical_to_spec(None) == PartitionSpec()
+    # without a mesh: names map, no size filtering
+    assert logical_to_spec(("embed", "mlp")) == PartitionSpec("fsdp", "tensor")
+    with pytest.raises(ValueError, match="rank"):
+        logical_to_spec(("embed",), shape=(2, 3), mesh=m)
+
+
+def test_rules_override_and_validation():
+    rules = make_rules({"embed": None, "mlp": ["fsdp", "tensor"]})
+    assert rules["embed"] is None and rules["mlp"] == ("fsdp", "tensor")
+    assert rules["conv_out"] == DEFAULT_RULES["conv_out"]
+    assert make_rules([("heads", None)])["heads"] is None
+    m = abstract(1, 2, 2)
+    assert logical_to_spec(("embed", "mlp"), rules, shape=(8, 8), mesh=m) == PartitionSpec(
+        None, ("fsdp", "tensor"))
+    with pytest.raises(ValueError, match="unknown mesh axes"):
+        make_rules({"embed": "model"})
+    with pytest.raises(ValueError, match="mesh axis name"):
+        make_rules({"embed": 3})
+
+
+def test_make_mesh_errors():
+    fake = [object()] * 8  # sizes are checked before any device is touched
+    with pytest.raises(ValueError, match="product must equal"):
+        make_mesh(2, 2, 1, devices=fake)
+    with pytest.raises(ValueError, match="do not divide"):
+        make_mesh(-1, 3, 1, devices=fake)
+    with pytest.raises(ValueError, match="at most one axis"):
+        make_mesh(-1, -1, 1, devices=fake)
+    with pytest.raises(ValueError, match="positive"):
+        make_mesh(0, 8, 1, devices=fake)
+    with pytest.raises(ValueError, match="no devices"):
+        make_mesh(devices=[])
+
+
+def test_make_mesh_single_device_and_constraint_noop():
+    mesh = make_mesh()
+    assert mesh.axis_names == AXES
+    assert dict(mesh.shape) == {"data": jax.device_count(), "fsdp": 1, "tensor": 1}
+    x = jax.numpy.ones((4, 3))
+    assert with_logical_constraint(x, ("batch", None)) is x  # outside a mesh context
+
+
+def test_initialize_distributed_env(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(mesh_mod, "_jax_distributed_ready", lambda: False)
+    for var in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+                "NUM_PROCESSES", "JAX_PROCESS_ID", "PROCESS_ID", "SLURM_JOB_ID", "SLURM_NTASKS",
+                "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+                "VIDEOMV_NO_DISTRIBUTED"):
+        monkeypatch.delenv(var, raising=False)
+
+    monkeypatch.setattr(mesh_mod, "_DISTRIBUTED_DONE", False)
+    assert mesh_mod.initialize_distributed() is False and calls == []
+
+    monkeypatch.setattr(mesh_mod, "_DISTRIBUTED_DONE", False)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
+        mesh_mod.initialize_distributed()
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "1")
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    mesh_mod.initialize_distributed()
+    assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=1, process_id=0)]
+    mesh_mod.initialize_distributed()  # idempotent
+    assert len(calls) == 1
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+    monkeypatch.setattr(mesh_mod, "_DISTRIBUTED_DONE", False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    mesh_mod.initialize_distributed()
+    assert calls[-1] == {}  # JAX reads the SLURM environment itself
+
+    monkeypatch.setattr(mesh_mod, "_DISTRIBUTED_DONE", False)
+    monkeypatch.setenv("VIDEOMV_NO_DISTRIBUTED", "1")
+    assert mesh_mod.initialize_distributed() is False and len(calls) == 2
+
+
+# ---- 8 CPU devices (subprocess) ----------------------------------------------------------------
+
+
+def spec(*entries):
+    """A PartitionSpec in the JSON form the subprocess reports (tuples as lists)."""
+    return [list(e) if isinstance(e, tuple) else e for e in entries]
+
+
+_SCRIPT = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from videomv_jax.nn import layers as L
+    from videomv_jax.parallel import (make_mesh, make_rules, param_shardings, shard_model,
+                                      with_logical_constraint)
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = L.Conv(3, 16, (3, 3), rngs=rngs)
+            self.norm = L.GroupNorm(16, 4, 1e-5, rngs=rngs)
+            self.conv2 = L.Conv(16, 16, (3, 3), rngs=rngs)
+            self.dense = L.Linear(16, 32, rngs=rngs)
+            self.out = L.Linear(32, 6, rngs=rngs)
+            self.drop = nnx.Dropout(0.1, rngs=rngs)
+
+        def __call__(self, x):
+            h = self.conv(x)
+            h = with_logical_constraint(h, ("batch", None, None, None))
+            h = L.gelu(self.norm(h))
+            h = self.conv2(h)
+            h = L.gelu(self.dense(h))
+            return self.out(h)
+
+    def spec_list(spec):
+        return [list(e) if isinstance(e, tuple) else e for e in spec]
+
+    out = {"devices": jax.device_count()}
+    x = jax.random.normal(jax.random.key(1), (8, 8, 8, 3))
+    model = Net(nnx.Rngs(0))
+    ref = np.asarray(model(x))
+
+    abstract_sh = param_shardings(nnx.eval_shape(lambda: Net(nnx.Rngs(0))), make_mesh(4, 2, 1))
+    out["abstract_specs"] = {"/".join(map(str, p)): spec_list(v.get_value().spec)
+                             for p, v in nnx.to_flat_state(abstract_sh)}
+
+    for name, shape, rules in [("data_fsdp", (4, 2, 1), None),
+                               ("fsdp_tensor", (2, 2, 2), None),
+                               ("tp_override", (1, 1, 8), make_rules({"embed": None}))]:
+        mesh = make_mesh(*shape)
+        m = Net(nnx.Rngs(0))
+        shard_model(m, mesh, rules)
+        specs = {"/".join(map(str, p)): spec_list(v.get_value().sharding.spec)
+                 for p, v in nnx.to_flat_state(nnx.state(m))}
+        with jax.set_mesh(mesh):
+            xs = jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"))))
+            y = nnx.jit(lambda m, x: m(x))(m, xs)
+        out[name] = {"specs": specs, "err": float(np.abs(np.asarray(y) - ref).max()),
+                     "out_spec": spec_list(y.sharding.spec)}
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
+
+
+def test_sharded_forward_equals_single_device(eight_devices):
+    r = eight_devices
+    assert r["devices"] == 8
+    # Same float32 ops, only partitioned; XLA may reorder the GroupNorm / conv reductions
+    # across shards, so allow a few ulps of O(1) outputs.
+    for name in ("data_fsdp", "fsdp_tensor", "tp_override"):
+        assert r[name]["err"] <= 1e-6, (name, r[name]["err"])
+
+
+def test_parameters_really_sharded(eight_devices):
+    s = eight_devices["data_fsdp"]["specs"]  # mesh data=4, fsdp=2, tensor=1
+    assert s["dense/kernel"] == spec("fsdp")
+    assert s["conv2/kernel"] == spec(None, None, "fsdp")
+    assert s["norm/scale"] == spec("fsdp")
+    assert s["out/kernel"] == spec("fsdp")
+    # fallback: 3 input channels do not divide over fsdp=2 -> replicated conv kernel
+    assert s["conv/kernel"] == spec()
+    assert s["drop/rngs/key"] == spec()  # no logical axes: replicated
+    assert eight_devices["data_fsdp"]["out_spec"][:1] == spec(("data", "fsdp"))
+
+    t = eight_devices["fsdp_tensor"]["specs"]  # data=2, fsdp=2, tensor=2
+    assert t["conv2/kernel"] == spec(None, None, "fsdp", "tensor")
+    assert t["dense/kernel"] == spec("fsdp", "tensor")
+    assert t["dense/bias"] == spec("tensor")
+    # 6 outputs divide over tensor=2; 3 input channels do not divide over fsdp=2
+    assert t["out/kernel"] == spec("fsdp", "tensor")
+    assert t["conv/kernel"] == spec(None, None, None, "tensor")
+
+    o = eight_devices["tp_override"]["specs"]  # tensor=8, embed not sharded
+    assert o["dense/kernel"] == spec(None, "tensor")
+    assert o["norm/scale"] == spec()
+    assert o["out/kernel"] == spec()  # 6 outputs over 8 devices: replicated
+
+
+def test_param_shardings_on_abstract_model(eight_devices):
+    a = eight_devices["abstract_specs"]
+    assert a["dense/kernel"] == spec("fsdp")
+    assert a["conv/kernel"] == spec()

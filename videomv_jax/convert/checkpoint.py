@@ -1,0 +1,326 @@
+"""Converted-model directories: save once, restore straight into (sharded) device arrays.
+
+Layout of a converted directory::
+
+    OUT/config.json   {"model": kind, "config": cfg.to_dict(), "source": {...},
+                       "format_version": 1, "extra_files": [...]}
+    OUT/params/       orbax PyTree checkpoint (uncompressed) of the model's nnx.Param values,
+                      nested dicts keyed by the parameter path (list indices as strings)
+    OUT/<extra>       optional files copied beside (e.g. tokenizer/)
+
+``config.json`` is written last, so a directory without it is an interrupted conversion.
+:func:`load_converted` builds the model abstractly (``nnx.eval_shape``, no weights allocated),
+asks orbax to restore each parameter directly with its target sharding (each device reads only
+its shard), and merges the result into the model with ``nnx.merge``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path as FsPath
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from videomv_jax.convert.base import Path, path_str
+from videomv_jax.convert.registry import ModelKind, get_kind, kind_ref
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+PathLike = str | os.PathLike
+
+
+class ConvertedCheckpointError(ValueError):
+    """A converted directory is incomplete or does not fit the model it claims to hold."""
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def _flat_params(params: Any) -> dict[Path, Any]:
+    """{path: array} from a flat dict, an nnx.State or a Module (its nnx.Param variables)."""
+    if isinstance(params, nnx.Module):
+        params = nnx.state(params, nnx.Param)
+    if isinstance(params, nnx.State):
+        out = {}
+        for path, var in nnx.to_flat_state(params):
+            out[tuple(path)] = var.get_value() if isinstance(var, nnx.Variable) else var
+        return out
+    if isinstance(params, Mapping):
+        bad = [k for k in params if not isinstance(k, tuple)]
+        if bad:
+            raise TypeError(f"params must be keyed by path tuples (as convert_state_dict "
+                            f"returns), got keys like {bad[0]!r}")
+        return dict(params)
+    raise TypeError(f"params must be a flat {{path: array}} dict, an nnx.State or a Module, "
+                    f"got {type(params).__name__}")
+
+
+def _nest(flat: Mapping[Path, Any]) -> dict[str, Any]:
+    """Nested dict keyed by ``str`` path elements (orbax wants string keys)."""
+    root: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = root
+        for p in path[:-1]:
+            node = node.setdefault(str(p), {})
+            if not isinstance(node, dict):
+                raise ValueError(f"parameter path {path_str(path)} collides with a leaf")
+        node[str(path[-1])] = value
+    return root
+
+
+def _get(tree: Mapping[str, Any], path: Path) -> Any:
+    for p in path:
+        tree = tree[str(p)]
+    return tree
+
+
+def _flatten_str_tree(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    if isinstance(tree, Mapping):
+        out: dict[tuple[str, ...], Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten_str_tree(v, prefix + (str(k),)))
+        return out
+    return {prefix: tree}
+
+
+def _compare_layout(have: Mapping[Path, Any], want: Mapping[Path, Any], what: str,
+                    model: str) -> None:
+    """Raise listing missing / unexpected / mis-shaped parameters (shapes only)."""
+    have_s = {tuple(str(p) for p in k): tuple(np.shape(v)) for k, v in have.items()}
+    want_s = {tuple(str(p) for p in k): tuple(v.shape) for k, v in want.items()}
+    missing = sorted("/".join(k) for k in want_s if k not in have_s)
+    unexpected = sorted("/".join(k) for k in have_s if k not in want_s)
+    mism = sorted(f"{'/'.join(k)}: {what} {have_s[k]}, model {want_s[k]}"
+                  for k in want_s if k in have_s and have_s[k] != want_s[k])
+    if missing or unexpected or mism:
+        lines = [f"{what} does not fit {model}:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected),
+                             ("shape mismatches", mism)):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines.extend(f"    {x}" for x in items[:50])
+                if len(items) > 50:
+                    lines.append(f"    ... and {len(items) - 50} more")
+        raise ConvertedCheckpointError("\n".join(lines))
+
+
+def _checkpointer():
+    """Synchronous orbax PyTree checkpointer without compression: float weights hardly
+    compress, and orbax's zstd path holds compressed buffers about as large as the whole tree
+    (measured: +1x host memory), while the uncompressed path stages only bounded batches."""
+    import orbax.checkpoint as ocp
+
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
+
+
+def _saved_tree_metadata(ckptr, params_dir: FsPath) -> Any:
+    md = ckptr.metadata(params_dir)
+    md = getattr(md, "item_metadata", md)
+    return getattr(md, "tree", md)
+
+
+# ---- save --------------------------------------------------------------------------------------
+
+
+def save_converted(
+    directory: PathLike,
+    kind: str | ModelKind,
+    config: Any,
+    params: Any,
+    source_info: Mapping[str, Any] | None = None,
+    extra_files: Iterable[PathLike | tuple[PathLike, str]] = (),
+    *,
+    overwrite: bool = False,
+    check: bool = True,
+) -> FsPath:
+    """Write a converted-model directory (layout in the module docstring); returns its path.
+
+    ``params``: ``{path: array}`` (as ``convert_state_dict`` returns), an ``nnx.State`` or a
+    Module (its ``nnx.Param`` values). Prefer jax arrays (e.g. on ``jax.devices("cpu")[0]``, as
+    :func:`~videomv_jax.convert.registry.convert_source` makes with ``device=``): orbax stages
+    numpy leaves through a full extra host copy, jax arrays only in bounded batches.
+    ``extra_files``: paths (copied under their base name; directories recursively) or
+    ``(path, name)`` pairs. ``check`` compares the parameter layout with the model that
+    ``config`` builds (abstractly) first, so that a saved directory always loads.
+    Refuses a non-empty existing directory unless ``overwrite``.
+    """
+    k = get_kind(kind)
+    ref = kind_ref(kind)
+    cfg_cls = k.config_cls()
+    if not isinstance(config, cfg_cls):
+        raise ConvertedCheckpointError(f"config is a {type(config).__name__}, but a {k.name!r} "
+                                       f"model needs a {cfg_cls.__name__}")
+    flat = _flat_params(params)
+    if check:
+        from videomv_jax.convert.base import abstract_params
+
+        _compare_layout(flat, abstract_params(k.abstract(config)), "params", k.name)
+    extras: list[tuple[FsPath, str]] = []
+    for item in extra_files:
+        src, name = (item if isinstance(item, tuple) else (item, os.path.basename(
+            os.path.normpath(os.fspath(item)))))
+        src = FsPath(src)
+        if not src.exists():
+            raise FileNotFoundError(f"extra file {str(src)!r} does not exist")
+        if name in (CONFIG_FILE, PARAMS_DIR) or not name or "/" in name:
+            raise ValueError(f"extra file name {name!r} is not allowed")
+        extras.append((src, name))
+
+    out = FsPath(directory)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{str(out)!r} exists and is not empty (pass overwrite=True / "
+                                  f"--overwrite to replace it)")
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+    import orbax.checkpoint as ocp
+
+    with _checkpointer() as ckptr:
+        ckptr.save(out.absolute() / PARAMS_DIR, args=ocp.args.PyTreeSave(_nest(flat)))
+    for src, name in extras:
+        if src.is_dir():
+            shutil.copytree(src, out / name)
+        else:
+            shutil.copy2(src, out / name)
+    meta = {
+        "model": ref,
+        "config": config.to_dict(),
+        "source": dict(source_info or {}),
+        "format_version": FORMAT_VERSION,
+        "extra_files": [name for _, name in extras],
+        "num_params": int(sum(int(np.prod(np.shape(v))) for v in flat.values())),
+    }
+    tmp = out / (CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, out / CONFIG_FILE)
+    return out
+
+
+# ---- load --------------------------------------------------------------------------------------
+
+
+def read_converted_config(directory: PathLike) -> dict[str, Any]:
+    """The parsed ``config.json`` of a converted directory, checked for completeness."""
+    d = FsPath(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"converted model directory {str(d)!r} does not exist")
+    cfg_path = d / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ConvertedCheckpointError(
+            f"{str(d)!r} is not a complete converted model: {CONFIG_FILE} is missing (written "
+            f"last, so the conversion was probably interrupted; run "
+            f"tools/convert_torch_weights.py again)")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConvertedCheckpointError(f"{str(cfg_path)!r} is not valid JSON: {err}") from err
+    missing = [key for key in ("model", "config", "format_version") if key not in meta]
+    if missing:
+        raise ConvertedCheckpointError(f"{str(cfg_path)!r} lacks {missing}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ConvertedCheckpointError(
+            f"{str(d)!r} has format_version {meta['format_version']}, this code reads "
+            f"{FORMAT_VERSION}; convert the weights again")
+    if not (d / PARAMS_DIR).is_dir():
+        raise ConvertedCheckpointError(f"{str(d)!r} is incomplete: the {PARAMS_DIR}/ "
+                                       f"directory is missing")
+    return meta
+
+
+def load_converted(
+    directory: PathLike,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Mapping[str, Any] | None = None,
+    *,
+    kind: str | ModelKind | None = None,
+) -> tuple[nnx.Module, Any]:
+    """Load a converted directory as ``(model, config)``.
+
+    The model is built abstractly (one trace of its constructor); parameters are restored by
+    orbax directly into arrays with their final sharding: ``NamedSharding`` from ``rules`` (default
+    :data:`videomv_jax.parallel.DEFAULT_RULES`) on ``mesh``, or the first local device without a
+    mesh. Non-parameter state (e.g. dropout RNG keys) is created fresh, as a new model would.
+    ``kind``, when given, must match the stored kind. Raises :class:`ConvertedCheckpointError`
+    for an incomplete directory or when the stored parameters do not fit the model its
+    ``config.json`` describes.
+    """
+    d = FsPath(directory).absolute()
+    meta = read_converted_config(d)
+    stored_kind = meta["model"]
+    if kind is not None and kind_ref(kind) != stored_kind:
+        raise ConvertedCheckpointError(f"{str(d)!r} holds a {stored_kind!r} model, not "
+                                       f"{kind_ref(kind)!r}")
+    k = get_kind(stored_kind)
+    config = k.config_from_dict(meta["config"])
+    if mesh is not None:
+        rest_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    else:
+        rest_sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    graphdef, params_abs, rest = _abstract_params_and_rest(k, config, rest_sharding)
+
+    if mesh is not None:
+        from videomv_jax.parallel.mesh import param_shardings
+
+        shard_state = param_shardings(params_abs, mesh, rules)
+        shardings = {tuple(p): v.get_value() for p, v in nnx.to_flat_state(shard_state)}
+    else:
+        single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = None
+    flat_abs = {tuple(p): v for p, v in nnx.to_flat_state(params_abs)}
+    target_flat = {}
+    for p, var in flat_abs.items():
+        sds = var.get_value()
+        sh = shardings[p] if shardings is not None else single
+        target_flat[p] = jax.ShapeDtypeStruct(sds.shape, sds.dtype, sharding=sh)
+
+    import orbax.checkpoint as ocp
+
+    with _checkpointer() as ckptr:
+        saved = _flatten_str_tree(_saved_tree_metadata(ckptr, d / PARAMS_DIR))
+        _compare_layout(saved, target_flat, f"the parameters stored in {str(d)!r}",
+                        f"the {stored_kind!r} model its config.json describes")
+        target = _nest(target_flat)
+        restored = ckptr.restore(d / PARAMS_DIR, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
+
+    params = nnx.from_flat_state([(p, var.replace(_get(restored, p)))
+                                  for p, var in flat_abs.items()])
+    del restored
+    model = nnx.merge(graphdef, params, rest)
+    return model, config
+
+
+def _abstract_params_and_rest(k: ModelKind, config: Any, rest_sharding: jax.sharding.Sharding
+                              ) -> tuple[Any, nnx.State, nnx.State]:
+    """(graphdef, abstract nnx.Param state, concrete non-parameter state) from one trace.
+
+    The constructor is traced once under ``jax.jit`` (what ``nnx.eval_shape`` costs); the
+    parameter shapes and the graph definition are read off the trace, and only the
+    non-parameter state (dropout RNG keys and counters, buffers) is returned, with the values a
+    fresh model has. XLA drops the unused parameter initialisers, so no weights are
+    materialised.
+    """
+    box: dict[str, Any] = {}
+
+    def make():
+        graphdef, params, rest = nnx.split(k.build(config), nnx.Param, ...)
+        box["graphdef"] = graphdef
+        box["params"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+        return rest
+
+    rest = jax.jit(make, out_shardings=rest_sharding)()
+    return box["graphdef"], box["params"], rest
