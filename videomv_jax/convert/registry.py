@@ -123,8 +123,9 @@ class ModelKind:
 
     def abstract(self, config: Any) -> nnx.Module:
         """The model with ShapeDtypeStructs instead of arrays (``nnx.eval_shape``, no memory)."""
-        cls = self.model_cls()
-        return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+        from videomv_jax.models import abstract_model
+
+        return abstract_model(self.model_cls(), config)
 
     def rules(self, fmt: str, config: Any, source: Mapping[str, Any] | None = None
               ) -> tuple[list[Rule], list[str]]:
@@ -163,7 +164,9 @@ register_kind(ModelKind(
                              description="VideoMV / VGen .pth (UNetSD_T2VBase names; the "
                                          "lgm_big.* keys of a VideoMV checkpoint are skipped)"),
         "diffusers": SourceFormat("videomv_jax.convert.unet:rules_diffusers",
-                                  description="diffusers UNet3DConditionModel state dict"),
+                                  description="diffusers UNet3DConditionModel state dict (it "
+                                              "has no camera MLP: convert with a config whose "
+                                              "use_camera is false)"),
     },
     description="VideoMV text-to-multi-view video UNet (ModelScope-T2V based)",
 ))
