@@ -317,7 +317,11 @@ def _abstract_params_and_rest(k: ModelKind, config: Any, rest_sharding: jax.shar
     box: dict[str, Any] = {}
 
     def make():
-        graphdef, params, rest = nnx.split(k.build(config), nnx.Param, ...)
+        # A NumPy RNG counter avoids JAX's quadratic tracer checks on every rngs() call
+        # (see videomv_jax.models.abstract_model).
+        rngs = nnx.Rngs(0)
+        rngs.default.count.set_value(np.zeros((), np.uint32))
+        graphdef, params, rest = nnx.split(k.build(config, rngs), nnx.Param, ...)
         box["graphdef"] = graphdef
         box["params"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
         return rest

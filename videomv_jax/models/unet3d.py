@@ -36,6 +36,15 @@ each pixel), whose result VideoMV adds **twice** (``concat_added_twice``; diffus
 once); 64 local-image context tokens (conv → exact adaptive average pool to 32×32 → two
 stride-2 convs); 4 global tokens from the CLIP image embedding; an fps embedding that is always
 added to the time embedding.
+
+Sharding: the UNet input and output and the hidden state entering and leaving every input /
+middle / output block carry ``with_logical_constraint`` hints with the logical axes
+:data:`VIDEO_AXES` = ``("batch", "frames", None, None, "embed")`` of the **unfolded** video
+``[B, F, H, W, C]`` (the folded ``[B·F, H, W, C]`` state is viewed as 5-D for the hint, a free
+reshape). Hinting the unfolded batch keeps every video's frames on one device, so the temporal
+convs / transformers need no communication, and an FSDP / data mesh keeps activations split
+over the batch (default rules: ``batch`` → ``("data", "fsdp")``; ``embed`` → ``fsdp`` only
+where the batch does not already use it). Outside a mesh the hints are no-ops.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ from videomv_jax.models import abstract_model
 from videomv_jax.nn.attention import IMPLEMENTATIONS, dot_product_attention
 from videomv_jax.nn.embeddings import sinusoidal_embedding
 from videomv_jax.nn.layers import Conv, GroupNorm, LayerNorm, Linear, gelu
+from videomv_jax.parallel import with_logical_constraint
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 VARIANTS = ("text", "image")
@@ -650,6 +660,18 @@ def _run_layers(layers, h: jax.Array, emb: jax.Array, context: jax.Array, num_fr
 
 _run_layers_remat = nnx.remat(_run_layers, static_argnums=(4, 5))
 
+#: Logical axes of the UNet's activations, as the unfolded video ``[B, F, H, W, C]``.
+VIDEO_AXES: tuple[str | None, ...] = ("batch", "frames", None, None, "embed")
+
+
+def _constrain_video(h: jax.Array, batch: int) -> jax.Array:
+    """Sharding hint (:data:`VIDEO_AXES`) for a folded ``[B·F, H, W, C]`` hidden state, applied
+    to its ``[B, F, H, W, C]`` view so that the batch, not the folded frame axis, is split.
+    A no-op outside a mesh."""
+    bf = h.shape[0]
+    v = with_logical_constraint(h.reshape(batch, bf // batch, *h.shape[1:]), VIDEO_AXES)
+    return v.reshape(h.shape)
+
 
 class UNet3D(nnx.Module):
     """The VideoMV video UNet (text or image variant, see :class:`UNet3DConfig`).
@@ -829,18 +851,21 @@ class UNet3D(nnx.Module):
             emb = emb + self.camera_embedding(camera.reshape(b * f, cfg.camera_dim).astype(dt))
 
         run = _run_layers_remat if cfg.remat else _run_layers
-        h = h.reshape(b * f, hh, ww, h.shape[-1])
+        # sharding hints (no-ops without a mesh): UNet input, every block's input and output
+        h = with_logical_constraint(h, VIDEO_AXES).reshape(b * f, hh, ww, h.shape[-1])
         skips = []
         for blk in self.input_blocks:
             h = blk(h) if isinstance(blk, Downsample) else run(blk, h, emb, ctx, f,
                                                                 deterministic)
+            h = _constrain_video(h, b)
             skips.append(h)
-        h = run(self.middle_block, h, emb, ctx, f, deterministic)
+        h = _constrain_video(run(self.middle_block, h, emb, ctx, f, deterministic), b)
         for blk in self.output_blocks:
-            h = jnp.concatenate([h, skips.pop()], axis=-1)
-            h = run(blk, h, emb, ctx, f, deterministic)
+            h = _constrain_video(jnp.concatenate([h, skips.pop()], axis=-1), b)
+            h = _constrain_video(run(blk, h, emb, ctx, f, deterministic), b)
         h = self.out_conv(jax.nn.silu(self.out_norm(h)))
-        return h.reshape(b, f, hh, ww, cfg.out_channels).astype(jnp.float32)
+        h = h.reshape(b, f, hh, ww, cfg.out_channels).astype(jnp.float32)
+        return with_logical_constraint(h, VIDEO_AXES)
 
 
 def abstract_unet(config: UNet3DConfig) -> UNet3D:
