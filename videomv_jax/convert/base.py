@@ -64,6 +64,23 @@ class Rule:
     transform: Transform = identity
 
 
+def conv_rules(src: str, tgt: Path, transform: Transform = conv2d) -> list[Rule]:
+    """``src.weight`` → ``tgt/kernel`` (through ``transform``), ``src.bias`` → ``tgt/bias``."""
+    return [Rule(f"{src}.weight", (*tgt, "kernel"), transform), Rule(f"{src}.bias", (*tgt, "bias"))]
+
+
+def dense_rules(src: str, tgt: Path, transform: Transform = linear,
+                bias: bool = True) -> list[Rule]:
+    """A Linear (or 1-wide conv, with ``conv1x1_as_linear``) → Dense; bias optional."""
+    rules = [Rule(f"{src}.weight", (*tgt, "kernel"), transform)]
+    return rules + [Rule(f"{src}.bias", (*tgt, "bias"))] if bias else rules
+
+
+def norm_rules(src: str, tgt: Path) -> list[Rule]:
+    """GroupNorm / LayerNorm ``weight, bias`` → ``scale, bias``."""
+    return [Rule(f"{src}.weight", (*tgt, "scale")), Rule(f"{src}.bias", (*tgt, "bias"))]
+
+
 def path_str(path: Path) -> str:
     return "/".join(str(p) for p in path)
 

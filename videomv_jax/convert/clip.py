@@ -32,8 +32,10 @@ from videomv_jax.convert.base import (
     apply_params,
     conv2d,
     convert_state_dict,
+    dense_rules,
     identity,
     linear,
+    norm_rules,
 )
 from videomv_jax.models.clip import (
     CLIPTextConfig,
@@ -56,12 +58,8 @@ _TEXT_TOP = ("token_embedding.*", "positional_embedding", "transformer.*", "ln_f
              "text_projection", "logit_scale", "attn_mask")
 
 
-def _ln(src: str, tgt: tuple) -> list[Rule]:
-    return [Rule(f"{src}.weight", (*tgt, "scale")), Rule(f"{src}.bias", (*tgt, "bias"))]
-
-
-def _dense(src: str, tgt: tuple) -> list[Rule]:
-    return [Rule(f"{src}.weight", (*tgt, "kernel"), linear), Rule(f"{src}.bias", (*tgt, "bias"))]
+_ln = norm_rules
+_dense = dense_rules
 
 
 def _blocks(layers: int, src_block: str, names: Mapping[str, str]) -> list[Rule]:

@@ -40,11 +40,12 @@ from videomv_jax.convert.base import (
     Rule,
     abstract_params,
     apply_params,
-    conv2d,
+    conv_rules,
     convert_state_dict,
     identity,
     linear,
     load_source_checkpoint,
+    norm_rules,
 )
 from videomv_jax.models.lgm import LGM, LGMConfig
 
@@ -58,14 +59,8 @@ LPIPS_IGNORE = ("lpips_loss.*",)
 # ---- rule helpers --------------------------------------------------------------------------------
 
 
-def _conv(src: str, tgt: Path) -> list[Rule]:
-    return [Rule(f"{src}.weight", (*tgt, "kernel"), conv2d),
-            Rule(f"{src}.bias", (*tgt, "bias"), identity)]
-
-
-def _norm(src: str, tgt: Path) -> list[Rule]:
-    return [Rule(f"{src}.weight", (*tgt, "scale"), identity),
-            Rule(f"{src}.bias", (*tgt, "bias"), identity)]
+_conv = conv_rules
+_norm = norm_rules
 
 
 def _resnet(src: str, tgt: Path, shortcut: bool) -> list[Rule]:

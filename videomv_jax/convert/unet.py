@@ -37,10 +37,11 @@ from videomv_jax.convert.base import (
     Path,
     Rule,
     conv1x1_as_linear,
-    conv2d,
     conv3d,
+    conv_rules,
     convert_state_dict,
-    linear,
+    dense_rules,
+    norm_rules,
     path_str,
 )
 from videomv_jax.models.unet3d import LayerSpec, UNet3DConfig, unet_layout
@@ -55,25 +56,16 @@ VGEN_IGNORE = ("lgm_big.*",)
 
 
 def _lin(src: str, tgt: Path, bias: bool = True) -> list[Rule]:
-    out = [Rule(f"{src}.weight", tgt + ("kernel",), linear)]
-    if bias:
-        out.append(Rule(f"{src}.bias", tgt + ("bias",)))
-    return out
+    return dense_rules(src, tgt, bias=bias)
 
 
 def _proj(src: str, tgt: Path) -> list[Rule]:
     """Linear, Conv1d k=1 or 1×1 Conv2d → Dense."""
-    return [Rule(f"{src}.weight", tgt + ("kernel",), conv1x1_as_linear),
-            Rule(f"{src}.bias", tgt + ("bias",))]
+    return dense_rules(src, tgt, conv1x1_as_linear)
 
 
-def _conv(src: str, tgt: Path, transform=conv2d) -> list[Rule]:
-    return [Rule(f"{src}.weight", tgt + ("kernel",), transform),
-            Rule(f"{src}.bias", tgt + ("bias",))]
-
-
-def _norm(src: str, tgt: Path) -> list[Rule]:
-    return [Rule(f"{src}.weight", tgt + ("scale",)), Rule(f"{src}.bias", tgt + ("bias",))]
+_conv = conv_rules
+_norm = norm_rules
 
 
 def _mlp(src: str, tgt: Path, first: str = "0", second: str = "2") -> list[Rule]:

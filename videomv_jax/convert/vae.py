@@ -35,11 +35,12 @@ from videomv_jax.convert.base import (
     abstract_params,
     apply_params,
     conv1x1_as_linear,
-    conv2d,
+    conv_rules,
     convert_state_dict,
-    identity,
+    dense_rules,
     linear,
     load_source_checkpoint,
+    norm_rules,
     strip_prefix,
 )
 from videomv_jax.models.vae import AutoencoderKL, VAEConfig
@@ -56,19 +57,11 @@ LDM_IGNORE = ("loss.*", "model_ema.*")
 # ---- rule helpers --------------------------------------------------------------------------------
 
 
-def _conv(src: str, tgt: Path) -> list[Rule]:
-    return [Rule(f"{src}.weight", (*tgt, "kernel"), conv2d),
-            Rule(f"{src}.bias", (*tgt, "bias"), identity)]
+_conv = conv_rules
+_norm = norm_rules
 
 
-def _norm(src: str, tgt: Path) -> list[Rule]:
-    return [Rule(f"{src}.weight", (*tgt, "scale"), identity),
-            Rule(f"{src}.bias", (*tgt, "bias"), identity)]
-
-
-def _dense(src: str, tgt: Path, transform=linear) -> list[Rule]:
-    return [Rule(f"{src}.weight", (*tgt, "kernel"), transform),
-            Rule(f"{src}.bias", (*tgt, "bias"), identity)]
+_dense = dense_rules
 
 
 def _resnet(src: str, tgt: Path, shortcut: bool, shortcut_name: str) -> list[Rule]:
