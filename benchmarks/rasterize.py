@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from common import append_results, core_count, cpu_model, fmt_ms, log, short_error
 
 from videomv_jax.render.camera import DEFAULT_FOVY_DEG, TEXT_TO_MV, orbit_cameras, raster_cameras
 from videomv_jax.render.gaussians import Gaussians
@@ -62,18 +63,11 @@ from videomv_jax.render.rasterize import count_intersections, rasterize
 from videomv_jax.render.reference import render_reference
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_HEADER = (
-    "# Benchmark results\n\n"
-    "Sections are appended by the scripts in `benchmarks/` (newest last); each heading names the "
-    "date, machine, JAX version and device. See `benchmarks/README.md` for how to run them.\n"
-)
 SCALE_LOGIT = (-2.4, 0.6)  # x ~ N(mean, std), scale = 0.1 * softplus(x)
 BACKGROUND = (1.0, 1.0, 1.0)
 GOAL_CONFIG = (16384, 24, 256)  # (Gaussians, views, size) where the tiled path must be >= 20x
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,10 +362,6 @@ def torch_cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def short_error(e: BaseException) -> str:
-    msg = " ".join(str(e).split())
-    msg = msg if len(msg) <= 90 else msg[:87] + "..."
-    return f"{type(e).__name__}: {msg}".replace("|", "/")
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,26 +369,10 @@ def short_error(e: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def core_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 0
 
 
-def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.1f}"
 
 
 def render_report(args, argv, scene_stats, tiled, reference, gsplat_rows, gsplat_note,
@@ -486,12 +460,6 @@ def render_report(args, argv, scene_stats, tiled, reference, gsplat_rows, gsplat
     return "\n".join(lines) + "\n"
 
 
-def append_results(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.stat().st_size == 0:
-        path.write_text(RESULTS_HEADER)
-    with path.open("a") as f:
-        f.write("\n" + text)
 
 
 # --------------------------------------------------------------------------------------------

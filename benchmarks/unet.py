@@ -79,6 +79,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
+from common import append_results, core_count, cpu_model, fmt_ms, log, short_error
 from flax import nnx  # noqa: E402
 
 from videomv_jax.convert.base import abstract_params, convert_state_dict  # noqa: E402
@@ -92,11 +93,6 @@ from videomv_jax.models.unet3d import (  # noqa: E402
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_HEADER = (
-    "# Benchmark results\n\n"
-    "Sections are appended by the scripts in `benchmarks/` (newest last); each heading names the "
-    "date, machine, JAX version and device. See `benchmarks/README.md` for how to run them.\n"
-)
 CONTEXT_TOKENS = 77
 TIMESTEP = 500
 
@@ -113,8 +109,6 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,10 +364,6 @@ class Result:
     attn_processors: str = ""
 
 
-def short_error(e: BaseException) -> str:
-    msg = " ".join(str(e).split())
-    msg = msg if len(msg) <= 90 else msg[:87] + "..."
-    return f"{type(e).__name__}: {msg}".replace("|", "/")
 
 
 def bench_config(spec: BenchSpec, args, use_torch: bool, torch_note: str,
@@ -448,22 +438,8 @@ def bench_config(spec: BenchSpec, args, use_torch: bool, torch_note: str,
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def core_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 0
 
 
 def version(dist: str) -> str:
@@ -479,8 +455,6 @@ def peak_bf16_flops(device_kind: str) -> float | None:
     return next((peak for key, peak in PEAK_BF16_FLOPS if key.lower() in kind), None)
 
 
-def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.1f}"
 
 
 def fmt_flops(flops: float | str | None) -> str:
@@ -573,12 +547,6 @@ def render_report(args, argv, results: list[Result], torch_threads: str, torch_d
     return "\n".join(lines) + "\n"
 
 
-def append_results(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.stat().st_size == 0:
-        path.write_text(RESULTS_HEADER)
-    with path.open("a") as f:
-        f.write("\n" + text)
 
 
 # --------------------------------------------------------------------------------------------
