@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Literal, NamedTuple
 
 import jax
@@ -947,11 +946,3 @@ def rasterize(
         out.info.raise_if_overflow()
     return out
 
-
-def max_intersections_bound(num_gaussians: int, num_images: int, tiles: int) -> int:
-    """A loose upper bound on intersections (every Gaussian covering every tile)."""
-    return num_gaussians * num_images * tiles
-
-
-def tiles_for(width: int, height: int, tile_size: int = 16) -> int:
-    return math.ceil(width / tile_size) * math.ceil(height / tile_size)
