@@ -29,6 +29,12 @@ def test_cosine_has_zero_terminal_snr_only_when_asked():
         alphas_cumprod("sigmoid")
 
 
+def test_step_counts_that_do_not_divide_the_schedule_are_refused():
+    with pytest.raises(ValueError, match="needs num_steps to divide"):
+        ddim.make_schedule("linear_sd", 3)
+    assert ddim.make_schedule("linear_sd", 4).timesteps[0] == 751
+
+
 def test_released_grid():
     s = ddim.make_schedule("linear_sd", 50)
     steps = np.asarray(s.timesteps)

@@ -37,6 +37,10 @@ def make_schedule(schedule: str = "linear_sd", num_steps: int = 50, num_timestep
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}")
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
+    if num_timesteps % num_steps:
+        divisors = [d for d in (10, 20, 25, 40, 50, 100, 125, 200, 250) if num_timesteps % d == 0]
+        raise ValueError(f"the released DDIM grid needs num_steps to divide num_timesteps "
+                         f"({num_timesteps}); got {num_steps}. Use e.g. one of {divisors}")
     ab = alphas_cumprod(schedule, num_timesteps, zero_terminal_snr)
     stride = num_timesteps // num_steps
     steps = (1 + np.arange(0, num_timesteps, stride))[::-1][:num_steps]
