@@ -1,0 +1,192 @@
+"""sample.py generation end to end on tiny random checkpoints written with ``save_converted``.
+
+Tiny consistent set (as tests/test_sampler.py): 24 frames, VAE tiny (factor 2) with 8×8
+latents → 16² views = LGM tiny's input size, renders at 32², CLIP text width 32 = UNet
+context 32 (CLIP vision output 32 = the image UNet's image_embed_dim). 4 DDIM steps,
+one 3D-aware step. Then bad inputs: each a clear error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from videomv_jax.convert.base import abstract_params, apply_params
+from videomv_jax.convert.checkpoint import save_converted
+from videomv_jax.convert.registry import get_kind
+from videomv_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
+from videomv_jax.models.lgm import LGMConfig
+from videomv_jax.models.unet3d import UNet3DConfig
+from videomv_jax.models.vae import VAEConfig
+from videomv_jax.render.camera import orbit_cameras
+from videomv_jax.render.gaussians import load_ply
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--set", "resolution=16", "--set", "sampler.render_size=32",
+        "--set", "sampler.capacity_per_scene=32768", "--set", "sampler.progress=False",
+        "--steps", "4", "--aware-steps", "1", "--negative-prompt", "bad"]
+
+
+@pytest.fixture(scope="module")
+def sample():
+    spec = importlib.util.spec_from_file_location("sample_cli", os.path.join(ROOT, "sample.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _save(directory, kind, config, seed, extra=()):
+    """A randomly initialised model (no zero-initialised layer left at zero) saved as
+    converted, marked random in its source record."""
+    k = get_kind(kind)
+    model = k.build(config, nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    params = {}
+    for path, spec in abstract_params(model).items():
+        scale = 1 / np.sqrt(np.prod(spec.shape[:-1])) if path[-1] == "kernel" else 0.05
+        base = 1.0 if path[-1] == "scale" else 0.0
+        params[path] = (base + scale * rng.standard_normal(spec.shape)).astype(spec.dtype)
+    apply_params(model, params)
+    save_converted(directory, kind, config, model, {"random": True, "note": "test weights"},
+                   extra)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    tok = root / "tok_src"
+    tok.mkdir()
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (tok / "vocab.json").write_text(json.dumps(vocab))
+    (tok / "merges.txt").write_text("#version: 0.2\n")
+    _save(root / "unet", "unet-t2v", UNet3DConfig.text_tiny(), 0)
+    _save(root / "vae", "vae", VAEConfig.tiny(), 1)
+    _save(root / "clip_text", "clip-text", CLIPTextConfig.tiny(), 2, [(tok, "tokenizer")])
+    _save(root / "lgm", "lgm", LGMConfig.tiny(), 3)
+    return root
+
+
+def test_text_to_mv_end_to_end(sample, ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--prompt", "a red chair", "--prompt", "hello world", "--checkpoint-dir", str(ckpt),
+            "--out", str(out), "--seed", "3", *TINY]
+    assert sample.main(argv) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "NOT samples of a trained VideoMV model" in captured.err  # honest about weights
+    dirs = sorted(os.listdir(out))
+    assert dirs == ["000_a_red_chair", "001_hello_world"]
+    for i, name in enumerate(dirs):
+        d = out / name
+        views = sorted(os.listdir(d / "views"))
+        assert views == [f"{k:03d}.png" for k in range(24)]
+        img = np.asarray(Image.open(d / "views" / "000.png"))
+        assert img.shape == (16, 16, 3)
+        grid = np.asarray(Image.open(d / "grid.png"))
+        assert grid.shape == (4 * 16, 6 * 16, 3)
+        assert (d / "turntable.mp4").is_file() or (d / "turntable.gif").is_file()
+        g = load_ply(d / "gaussians.ply")
+        assert g.num_gaussians == LGMConfig.tiny().num_gaussians
+        assert np.all(np.isfinite(np.asarray(g.means)))
+        rec = json.loads((d / "run.json").read_text())
+        assert rec["seed"] == 3 + i and rec["prompt"] in ("a red chair", "hello world")
+        assert rec["weights"].startswith("RANDOM")
+        assert rec["rasterizer_overflow"] is False
+        assert rec["config"]["sampler"]["aware_steps"] == [1]
+        assert rec["config"]["sampler"]["num_steps"] == 4
+        for stage in ("text_encode_s", "sampling_s", "decode_s", "lgm_s"):
+            assert rec["timings"][stage] > 0
+        assert rec["checkpoint_dir"] == str(ckpt)
+    # the same seed reproduces the same views; the two prompts differ
+    a = np.asarray(Image.open(out / dirs[0] / "grid.png"))
+    b = np.asarray(Image.open(out / dirs[1] / "grid.png"))
+    assert not np.array_equal(a, b)
+
+
+def _pose_file(tmp_path, data, name="poses.json"):
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(p)
+
+
+def test_bad_inputs_are_clear_errors(sample, ckpt, tmp_path, capsys):
+    base = ["--checkpoint-dir", str(ckpt), "--out", str(tmp_path / "x"), *TINY]
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is not a picture")
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(grey)
+    cases = [
+        (["--image", str(tmp_path / "missing.png")], "does not exist"),
+        (["--prompt", "a cube", "--set", "nope=1"], "unknown config key 'nope'; valid keys:"),
+        (["--prompt", "a cube", "--poses", _pose_file(tmp_path, np.asarray(
+            orbit_cameras(5)).tolist())], "has 5 poses, but 24 views"),
+        (["--prompt", "a cube", "--poses", _pose_file(tmp_path, "[[1, 2", "bad.json")],
+         "is not valid JSON"),
+        (["--prompt", "a cube", "--checkpoint-dir", str(tmp_path)], "no 'unet' subdirectory"),
+    ]
+    for argv, message in cases:
+        assert sample.main([*base, *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    from videomv_jax.pipeline import PipelineError, load_image
+    for path, message in ((not_image, "could not read"), (grey, "mode 'L'")):
+        with pytest.raises(PipelineError, match=message) as err:
+            load_image(path)
+        assert str(path) in str(err.value)
+
+
+def test_no_checkpoints_is_a_clear_error(sample, tmp_path, capsys):
+    assert sample.main(["--prompt", "a cube", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no trained weights ship" in err and "tools/convert_torch_weights.py" in err
+    assert "render-only" in err
+
+
+def test_image_recentring():
+    from videomv_jax.pipeline import recenter
+    rgba = np.zeros((100, 60, 4), np.uint8)
+    rgba[10:30, 20:30] = (255, 0, 0, 255)  # a 20×10 red box
+    out = recenter(rgba, 256, 200)
+    red = (out[..., 0] > 0.9) & (out[..., 1] < 0.1)
+    ys, xs = np.nonzero(red)
+    assert ys.max() - ys.min() + 1 == pytest.approx(200, abs=2)  # longer side → 200 px
+    assert xs.max() - xs.min() + 1 == pytest.approx(100, abs=2)
+    assert abs((ys.min() + ys.max()) / 2 - 127.5) <= 1 and abs((xs.min() + xs.max()) / 2
+                                                               - 127.5) <= 1
+    assert np.all(out[0, 0] == 1.0)  # white canvas
+
+
+def test_image_to_mv_end_to_end(sample, ckpt, tmp_path, capsys):
+    """image→MV through sample.py: RGBA recentring, CLIP image embedding, VAE image latent."""
+    root = tmp_path / "i2v"
+    root.mkdir()
+    for name in ("vae", "clip_text", "lgm"):
+        os.symlink(ckpt / name, root / name)
+    _save(root / "unet", "unet-i2v", UNet3DConfig.image_tiny(), 10)
+    _save(root / "clip_vision", "clip-vision", CLIPVisionConfig.tiny(output_dim=32), 11)
+    rgba = np.zeros((40, 30, 4), np.uint8)
+    rgba[10:30, 8:20] = (200, 30, 30, 255)  # an opaque red box on a transparent canvas
+    image = tmp_path / "object.png"
+    Image.fromarray(rgba, "RGBA").save(image)
+    out = tmp_path / "out"
+    argv = ["--image", str(image), "--config", "i2mv", "--checkpoint-dir", str(root),
+            "--out", str(out), "--seed", "5", *TINY]
+    assert sample.main(argv) == 0, capsys.readouterr().err
+    assert "NOT samples of a trained VideoMV model" in capsys.readouterr().err
+    (name,) = os.listdir(out)
+    d = out / name
+    assert sorted(os.listdir(d / "views")) == [f"{k:03d}.png" for k in range(24)]
+    assert np.asarray(Image.open(d / "views" / "000.png")).shape == (16, 16, 3)
+    assert load_ply(d / "gaussians.ply").num_gaussians == LGMConfig.tiny().num_gaussians
+    rec = json.loads((d / "run.json").read_text())
+    assert rec["seed"] == 5 and rec["rasterizer_overflow"] is False
+    assert rec["config"]["mode"] == "i2mv"
+    assert rec["config"]["elevation"] == 5.0 and rec["config"]["distance"] == 1.7

@@ -1,0 +1,399 @@
+"""Text→multi-view and image→multi-view pipelines on converted checkpoints.
+
+:class:`MultiViewPipeline` ties the pieces together: CLIP text (and, for image→MV, CLIP vision
++ the VAE image latent) conditions → the compiled VideoMV sampler (DDIM + CFG with 3D-aware
+steps, :mod:`videomv_jax.diffusion.sampler`) → VAE decode of all F views → a final LGM
+reconstruction from views ``aware_views`` (0/6/12/18) → Gaussians. Each stage is timed.
+
+Image input (spec §2.4–2.5, §8): the released VideoMV recentres RGBA inputs with
+``utils/recenter_i2v.py`` (crop to the alpha bounding box, scale the longer side to 200 px,
+paste centred on a 256² white canvas); VGen's own inference then pastes on white and centre
+crops (a no-op on a square 256² canvas). We do the same (box and canvas scaled with
+``resolution``). RGB images are accepted when their background is white: the object box is
+found from non-white pixels and recentred the same way (a warning when the border is not
+white, since the I2V UNet was trained on white backgrounds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from videomv_jax.convert.checkpoint import load_converted, read_converted_config
+from videomv_jax.diffusion.sampler import (
+    SamplerConfig,
+    image_conditions,
+    lgm_inputs,
+    make_sampler,
+    sampler_geometry,
+    text_conditions,
+)
+from videomv_jax.models.clip import load_tokenizer, preprocess, tokenize
+from videomv_jax.render.camera import orbit_cameras
+from videomv_jax.render.gaussians import Gaussians
+
+__all__ = ["MODES", "MultiViewPipeline", "PipelineError", "SampleResult", "load_image",
+           "load_poses", "recenter"]
+
+MODES = {"t2mv": "unet-t2v", "i2mv": "unet-i2v"}
+"""Pipeline mode → the UNet kind its ``unet`` subdirectory must hold."""
+
+CONVERT_HINT = ("convert the released VideoMV / LGM / OpenCLIP weights with "
+                "tools/convert_torch_weights.py")
+
+
+class PipelineError(ValueError):
+    """A missing checkpoint, inconsistent models or a bad input (message says which)."""
+
+
+@dataclasses.dataclass
+class SampleResult:
+    """One generated sample: ``views`` float [F, H, W, 3] in [0, 1]; ``gaussians`` the final LGM
+    reconstruction (numpy, no batch axis); ``timings`` seconds per stage (first calls include
+    compilation); ``overflow`` True when the rasteriser buffer overflowed at an aware step."""
+
+    views: np.ndarray
+    gaussians: Gaussians
+    timings: dict[str, float]
+    overflow: bool
+    seed: int
+    condition: str
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+
+def recenter(rgba: np.ndarray, canvas: int = 256, box: int = 200) -> np.ndarray:
+    """VideoMV ``recenter_i2v``: crop uint8 RGBA [H, W, 4] to its alpha bounding box, scale the
+    longer side to ``box`` px, paste centred on a ``canvas``² white background → float RGB
+    [canvas, canvas, 3] in [0, 1]."""
+    from PIL import Image
+
+    alpha = rgba[..., 3]
+    ys, xs = np.nonzero(alpha > 0)
+    if len(ys) == 0:
+        raise PipelineError("the image's alpha channel is empty (fully transparent)")
+    crop = rgba[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = crop.shape[:2]
+    s = box / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    im = Image.fromarray(crop, "RGBA").resize((nw, nh), Image.Resampling.LANCZOS)
+    out = Image.new("RGBA", (canvas, canvas), (0, 0, 0, 0))
+    out.paste(im, ((canvas - nw) // 2, (canvas - nh) // 2))
+    arr = np.asarray(out).astype(np.float32) / 255.0
+    a = arr[..., 3:]
+    return np.clip(arr[..., :3] * a + (1.0 - a), 0.0, 1.0)
+
+
+def load_image(path: str | os.PathLike, canvas: int = 256, box: int = 200,
+               recentre: bool = True) -> np.ndarray:
+    """Read an image-to-MV input → float RGB [canvas, canvas, 3] in [0, 1] on white.
+
+    RGBA (or palette with transparency): recentred through its alpha. RGB: must have a white
+    background; the non-white pixels give the object box. Greyscale, CMYK, unreadable or
+    non-image files raise :class:`PipelineError` naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PipelineError(f"image file {path!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                mode = im.mode
+            if mode not in ("RGB", "RGBA"):
+                raise PipelineError(
+                    f"image {path!r} has mode {mode!r}; image→MV needs an RGBA image (object on "
+                    f"a transparent background) or an RGB image on a white background "
+                    f"(greyscale / CMYK / 16-bit inputs are not accepted: convert it first)")
+            arr = np.asarray(im)
+    except PipelineError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise PipelineError(f"could not read {path!r} as an image: {err}") from err
+    if mode == "RGB":
+        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).astype(np.float32)
+        if np.mean(border.min(-1) >= 240) < 0.9:
+            warnings.warn(f"{path!r} is RGB without a white background; the image→MV model was "
+                          f"trained on objects on white (give an RGBA image to recentre it "
+                          f"properly)", stacklevel=2)
+        fg = (arr.astype(np.int32).min(-1) < 245)
+        alpha = np.where(fg, 255, 0).astype(np.uint8)
+        if not fg.any():
+            raise PipelineError(f"image {path!r} is blank (all white)")
+        arr = np.concatenate([arr, alpha[..., None]], -1)
+        if np.mean(border.min(-1) >= 240) < 0.9:  # not on white: keep the whole picture
+            arr[..., 3] = 255
+    if not recentre:
+        from PIL import Image as _I
+        im = _I.fromarray(arr, "RGBA").resize((canvas, canvas), _I.Resampling.LANCZOS)
+        a = np.asarray(im).astype(np.float32) / 255.0
+        return np.clip(a[..., :3] * a[..., 3:] + 1.0 - a[..., 3:], 0.0, 1.0)
+    return recenter(arr, canvas, box)
+
+
+def load_poses(path: str | os.PathLike, num_frames: int) -> np.ndarray | dict[str, float]:
+    """Per-view cameras from JSON: a list of ``num_frames`` 4×4 OpenGL camera-to-world matrices
+    (z-up world, as :func:`~videomv_jax.render.camera.orbit_cameras`) → float32 [F, 4, 4], or
+    ``{"elevation": deg, "distance": d}`` → that dict (an orbit). Errors name the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PipelineError(f"pose file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PipelineError(f"pose file {path!r} is not valid JSON: {err}") from err
+    if isinstance(data, dict):
+        unknown = sorted(set(data) - {"elevation", "distance"})
+        if unknown or not data:
+            raise PipelineError(f"pose file {path!r}: an orbit object takes keys 'elevation' "
+                                f"and 'distance', got {sorted(data)}")
+        try:
+            return {k: float(v) for k, v in data.items()}
+        except (TypeError, ValueError) as err:
+            raise PipelineError(f"pose file {path!r}: elevation / distance must be numbers"
+                                ) from err
+    if not isinstance(data, list):
+        raise PipelineError(f"pose file {path!r} must hold a list of {num_frames} 4x4 matrices "
+                            f"or an object {{'elevation': .., 'distance': ..}}")
+    if len(data) != num_frames:
+        raise PipelineError(f"pose file {path!r} has {len(data)} poses, but {num_frames} views "
+                            f"are generated (num_frames); give exactly one 4x4 matrix per view")
+    try:
+        poses = np.asarray(data, np.float32)
+    except (TypeError, ValueError) as err:
+        raise PipelineError(f"pose file {path!r}: poses must be 4x4 number matrices") from err
+    if poses.shape != (num_frames, 4, 4) or not np.all(np.isfinite(poses)):
+        raise PipelineError(f"pose file {path!r}: expected {num_frames} finite 4x4 matrices, got "
+                            f"an array of shape {poses.shape}")
+    if not np.allclose(poses[:, 3], [0, 0, 0, 1], atol=1e-4):
+        raise PipelineError(f"pose file {path!r}: the last row of each matrix must be 0 0 0 1 "
+                            f"(camera-to-world)")
+    return poses
+
+
+# ---- pipeline -----------------------------------------------------------------------------------
+
+
+def _cfg_get(config: Any, key: str, default: Any = None) -> Any:
+    try:
+        return config[key]
+    except (KeyError, AttributeError):
+        return default
+
+
+class MultiViewPipeline:
+    """Converted VideoMV models + a sampling config (``configs/t2mv.py`` / ``configs/i2mv.py``).
+
+    Build it with :meth:`from_checkpoints`; call :meth:`text_to_mv` or :meth:`image_to_mv`."""
+
+    def __init__(self, models: Mapping[str, nnx.Module], tokenizer: Any, config: Any,
+                 sources: Mapping[str, Any] | None = None, checkpoint_dir: str = ""):
+        self.models = dict(models)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.mode = config.mode
+        self.sources = dict(sources or {})
+        self.checkpoint_dir = checkpoint_dir
+        self._check_consistency()
+        self._sampler = None
+        self._decode = nnx.jit(lambda vae, z: vae.decode_frames(z))
+        self._lgm = nnx.jit(lambda lgm, x: lgm.gaussians(x))
+        self._text = nnx.jit(lambda m, t: m(t))
+
+    # -- construction -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoints(cls, checkpoint_dir: str | os.PathLike, config: Any
+                         ) -> MultiViewPipeline:
+        """Load ``unet`` / ``vae`` / ``clip_text`` (+ ``tokenizer/``) / ``lgm`` (and
+        ``clip_vision`` for i2mv) from ``checkpoint_dir`` (names from ``config.subdirs``)."""
+        mode = config.mode
+        if mode not in MODES:
+            raise PipelineError(f"config.mode must be one of {sorted(MODES)}, got {mode!r}")
+        root = os.fspath(checkpoint_dir)
+        if not os.path.isdir(root):
+            raise PipelineError(f"checkpoint directory {root!r} does not exist; {CONVERT_HINT}")
+        kinds = {"unet": MODES[mode], "vae": "vae", "clip_text": "clip-text", "lgm": "lgm"}
+        if mode == "i2mv":
+            kinds["clip_vision"] = "clip-vision"
+        models, sources = {}, {}
+        for name, kind in kinds.items():
+            sub = os.path.join(root, _cfg_get(config.subdirs, name, name))
+            if not os.path.isdir(sub):
+                raise PipelineError(f"checkpoint directory {root!r} has no {name!r} subdirectory "
+                                    f"({sub!r}, a converted {kind!r} model); {CONVERT_HINT}")
+            try:
+                models[name], _ = load_converted(sub, kind=kind)
+                sources[name] = read_converted_config(sub).get("source", {})
+            except (ValueError, FileNotFoundError) as err:
+                raise PipelineError(f"could not load {name!r} from {sub!r}: {err}") from err
+        tok_dir = os.path.join(root, _cfg_get(config.subdirs, "clip_text", "clip_text"),
+                               "tokenizer")
+        try:
+            tokenizer = load_tokenizer(tok_dir)
+        except (FileNotFoundError, OSError, ValueError) as err:
+            raise PipelineError(f"no CLIP tokenizer in {tok_dir!r}: {err}") from err
+        return cls(models, tokenizer, config, sources, os.path.abspath(root))
+
+    def _check_consistency(self) -> None:
+        m, c = self.models, self.config
+        unet_cfg = m["unet"].config
+        if m["clip_text"].config.width != unet_cfg.context_dim:
+            raise PipelineError(f"CLIP text width {m['clip_text'].config.width} != UNet "
+                                f"context_dim {unet_cfg.context_dim}")
+        if self.mode == "i2mv":
+            if unet_cfg.variant != "image":
+                raise PipelineError("image→MV needs an image UNet (kind unet-i2v)")
+            if m["clip_vision"].config.output_dim != unet_cfg.image_embed_dim:
+                raise PipelineError(f"CLIP vision output_dim {m['clip_vision'].config.output_dim}"
+                                    f" != UNet image_embed_dim {unet_cfg.image_embed_dim}")
+        factor = m["vae"].config.downsample_factor
+        if c.resolution % factor:
+            raise PipelineError(f"resolution {c.resolution} is not a multiple of the VAE factor "
+                                f"{factor}")
+        views = tuple(c.sampler.aware_views)
+        if len(views) != m["lgm"].config.num_views:
+            raise PipelineError(f"sampler.aware_views {views} must list LGM's "
+                                f"{m['lgm'].config.num_views} input views")
+        if max(views) >= c.num_frames:
+            raise PipelineError(f"sampler.aware_views {views} need more than {max(views)} "
+                                f"frames, num_frames is {c.num_frames}")
+
+    @property
+    def random_weights(self) -> list[str]:
+        """Models whose ``config.json`` records no real converted source (e.g. test weights)."""
+        return sorted(k for k, s in self.sources.items()
+                      if not s or s.get("random") or not s.get("path", s.get("file")))
+
+    def sampler_config(self) -> SamplerConfig:
+        d = dict(self.config.sampler.to_dict())
+        return SamplerConfig(**d)
+
+    # -- stages -----------------------------------------------------------------------------------
+
+    def cameras(self, poses: Any = None) -> np.ndarray:
+        """[F, 4, 4] z-up OpenGL c2w: the config orbit, an orbit dict, or explicit matrices."""
+        c = self.config
+        if poses is None or isinstance(poses, Mapping):
+            p = dict(poses or {})
+            return np.asarray(orbit_cameras(c.num_frames, p.get("elevation", c.elevation),
+                                            p.get("distance", c.distance)))
+        poses = np.asarray(poses, np.float32)
+        if poses.shape != (c.num_frames, 4, 4):
+            raise PipelineError(f"poses must be [{c.num_frames}, 4, 4], got {poses.shape}")
+        return poses
+
+    def encode_text(self, prompts: Sequence[str]) -> jax.Array:
+        tcfg = self.models["clip_text"].config
+        ids = tokenize(self.tokenizer, list(prompts), tcfg.context_length)
+        return self._text(self.models["clip_text"], jnp.asarray(ids))
+
+    def _generate(self, cond: dict, uncond: dict, cams: np.ndarray, seed: int,
+                  timings: dict[str, float]) -> tuple[np.ndarray, Gaussians, bool]:
+        c, scfg = self.config, self.sampler_config()
+        if self._sampler is None or self._sampler.config != scfg:
+            self._sampler = make_sampler(self.models["unet"], self.models["vae"],
+                                         self.models["lgm"], scfg)
+        vae = self.models["vae"]
+        h = c.resolution // vae.config.downsample_factor
+        key_noise, key_sample = jax.random.split(jax.random.key(seed))
+        noise = jax.random.normal(key_noise, (1, c.num_frames, h, h, vae.config.embed_dim))
+        t0 = time.perf_counter()
+        x, aux = self._sampler(noise, cond, uncond, jnp.asarray(cams), key_sample)
+        jax.block_until_ready(x)
+        timings["sampling_s"] = time.perf_counter() - t0
+        overflow = bool(aux.get("overflow", False))
+
+        t0 = time.perf_counter()
+        video = self._decode(vae, x)
+        views = jnp.clip(video * 0.5 + 0.5, 0.0, 1.0)[0]
+        views = np.asarray(jax.block_until_ready(views))
+        timings["decode_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        lgm = self.models["lgm"]
+        rgb = jnp.asarray(views[list(scfg.aware_views)])[None]
+        size = lgm.config.input_size
+        if rgb.shape[2:4] != (size, size):
+            rgb = jax.image.resize(rgb, (*rgb.shape[:2], size, size, 3), "linear")
+        inputs = lgm_inputs(rgb, sampler_geometry(jnp.asarray(cams), scfg), scfg)
+        g = jax.block_until_ready(self._lgm(lgm, inputs))
+        gaussians = jax.tree.map(lambda a: np.asarray(a[0]), g)
+        timings["lgm_s"] = time.perf_counter() - t0
+        return views, gaussians, overflow
+
+    # -- public entry points ----------------------------------------------------------------------
+
+    def text_to_mv(self, prompts: Sequence[str], seed: int | None = None,
+                   poses: Any = None, negative_prompt: str | None = None) -> list[SampleResult]:
+        """One sample per prompt (``", 3d asset"`` appended), seeds ``seed + i``."""
+        if self.mode != "t2mv":
+            raise PipelineError("text_to_mv needs a t2mv pipeline (configs/t2mv.py)")
+        c = self.config
+        seed = c.seed if seed is None else seed
+        cams = self.cameras(poses)
+        neg = c.negative_prompt if negative_prompt is None else negative_prompt
+        results = []
+        for i, prompt in enumerate(prompts):
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            ctx = self.encode_text([prompt + c.prompt_suffix, neg])
+            ctx = jax.block_until_ready(ctx)
+            timings["text_encode_s"] = time.perf_counter() - t0
+            cond, uncond = text_conditions(ctx[:1], ctx[1:])
+            views, g, over = self._generate(cond, uncond, cams, seed + i, timings)
+            results.append(SampleResult(views, g, timings, over, seed + i, prompt))
+        return results
+
+    def image_to_mv(self, images: Sequence[str | np.ndarray], seed: int | None = None,
+                    poses: Any = None, negative_prompt: str | None = None
+                    ) -> list[SampleResult]:
+        """One sample per image (a path, or float RGB [H, W, 3] in [0, 1] already on white),
+        seeds ``seed + i``; caption ``config.prompt`` ("" as released)."""
+        if self.mode != "i2mv":
+            raise PipelineError("image_to_mv needs an i2mv pipeline (configs/i2mv.py)")
+        c = self.config
+        seed = c.seed if seed is None else seed
+        cams = self.cameras(poses)
+        neg = c.negative_prompt if negative_prompt is None else negative_prompt
+        res = c.resolution
+        box = max(1, round(c.recenter_size * res / 256))
+        vae, vision = self.models["vae"], self.models["clip_vision"]
+        results = []
+        for i, image in enumerate(images):
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            if isinstance(image, (str, os.PathLike)):
+                rgb, name = load_image(image, res, box, bool(c.recenter)), os.fspath(image)
+            else:
+                rgb, name = np.asarray(image, np.float32), f"array {i}"
+                if rgb.shape != (res, res, 3):
+                    raise PipelineError(f"image arrays must be [{res}, {res}, 3], got "
+                                        f"{rgb.shape}")
+            ctx = self.encode_text([c.prompt, neg])
+            clip_in = preprocess(rgb, crop_size=res, size=vision.config.image_size)
+            emb = nnx.jit(lambda m, x: m(x))(vision, jnp.asarray(clip_in))
+            key_img = jax.random.fold_in(jax.random.key(seed + i), 1)
+            z = nnx.jit(lambda m, x, k: m.encode_frames(x, k))(
+                vae, jnp.asarray(rgb)[None, None] * 2.0 - 1.0, key_img)[:, 0]
+            jax.block_until_ready((ctx, emb, z))
+            timings["condition_encode_s"] = time.perf_counter() - t0
+            cond, uncond = image_conditions(ctx[:1], ctx[1:], z, emb, c.fps_cond)
+            views, g, over = self._generate(cond, uncond, cams, seed + i, timings)
+            results.append(SampleResult(views, g, timings, over, seed + i, name))
+        return results
