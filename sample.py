@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     g.add_argument("--steps", type=int, help="DDIM steps (aware steps scale with it)")
     g.add_argument("--aware-steps", help="comma list of 3D-aware loop indices; '' = plain")
+    g.add_argument("--also-plain", action="store_true",
+                   help="as released, also sample plain DDIM from the same noise "
+                        "(views_plain/, grid_plain.png)")
     g.add_argument("--seed", type=int)
     g.add_argument("--poses", help="JSON: F 4x4 OpenGL c2w (z-up) or {elevation, distance}")
     p.add_argument("--ply", help="render-only: Gaussian asset (default: a procedural demo)")
@@ -153,6 +156,8 @@ def build_config(args: argparse.Namespace, mode: str):
                              f"{args.aware_steps!r}") from err
     if args.seed is not None:
         cfg.seed = args.seed
+    if args.also_plain:
+        cfg.also_plain = True
     if args.elevation is not None:
         cfg.elevation = args.elevation
     if args.distance is not None:
@@ -228,6 +233,16 @@ def generate(args: argparse.Namespace) -> int:
             frames, cols=min(cfg.output.grid_cols, len(frames))))
         video = image_io.write_video(os.path.join(d, "turntable.mp4"), frames, cfg.output.fps)
         save_ply(os.path.join(d, "gaussians.ply"), r.gaussians)
+        outputs = {"views": "views/", "grid": "grid.png", "video": os.path.basename(video),
+                   "ply": "gaussians.ply"}
+        if r.plain_views is not None:  # the plain DDIM sample from the same noise
+            plain = image_io.to_uint8(r.plain_views)
+            os.makedirs(os.path.join(d, "views_plain"), exist_ok=True)
+            for k, frame in enumerate(plain):
+                image_io.write_image(os.path.join(d, "views_plain", f"{k:03d}.png"), frame)
+            image_io.write_image(os.path.join(d, "grid_plain.png"), image_io.image_grid(
+                plain, cols=min(cfg.output.grid_cols, len(plain))))
+            outputs.update(views_plain="views_plain/", grid_plain="grid_plain.png")
         timings = {**r.timings, "write_outputs_s": time.perf_counter() - t0}
         if i == 0:
             timings["load_checkpoints_s"] = load_s
@@ -246,8 +261,7 @@ def generate(args: argparse.Namespace) -> int:
             "rasterizer_overflow": r.overflow,
             "num_gaussians": int(r.gaussians.num_gaussians),
             "device": str(jax.devices()[0]),
-            "outputs": {"views": "views/", "grid": "grid.png", "video": os.path.basename(video),
-                        "ply": "gaussians.ply"},
+            "outputs": outputs,
         }
         with open(os.path.join(d, "run.json"), "w") as f:
             json.dump(_json_safe(record), f, indent=2)

@@ -36,6 +36,8 @@ def base_config(mode: str, sampler: SamplerConfig) -> ml_collections.ConfigDict:
     c.sampler = ml_collections.ConfigDict(d)
     c.output = ml_collections.ConfigDict(dict(fps=8, grid_cols=6, write_video=True,
                                               write_ply=True))
+    # As released, also sample plain DDIM (no 3D-aware step) from the same noise.
+    c.also_plain = False
     return c
 
 

@@ -178,7 +178,7 @@ def test_image_to_mv_end_to_end(sample, ckpt, tmp_path, capsys):
     Image.fromarray(rgba, "RGBA").save(image)
     out = tmp_path / "out"
     argv = ["--image", str(image), "--config", "i2mv", "--checkpoint-dir", str(root),
-            "--out", str(out), "--seed", "5", *TINY]
+            "--out", str(out), "--seed", "5", "--also-plain", *TINY]
     assert sample.main(argv) == 0, capsys.readouterr().err
     assert "NOT samples of a trained VideoMV model" in capsys.readouterr().err
     (name,) = os.listdir(out)
@@ -190,3 +190,10 @@ def test_image_to_mv_end_to_end(sample, ckpt, tmp_path, capsys):
     assert rec["seed"] == 5 and rec["rasterizer_overflow"] is False
     assert rec["config"]["mode"] == "i2mv"
     assert rec["config"]["elevation"] == 5.0 and rec["config"]["distance"] == 1.7
+    # as released, the plain DDIM sample from the same noise is written beside: it differs
+    # from the 3D-aware one (the aware step replaced x0) but has the same layout
+    assert rec["outputs"]["views_plain"] == "views_plain/"
+    plain = np.asarray(Image.open(d / "grid_plain.png"))
+    aware = np.asarray(Image.open(d / "grid.png"))
+    assert plain.shape == aware.shape and not np.array_equal(plain, aware)
+    assert len(os.listdir(d / "views_plain")) == 24

@@ -68,6 +68,8 @@ class SampleResult:
     overflow: bool
     seed: int
     condition: str
+    plain_views: np.ndarray | None = None
+    """With ``also_plain``: the plain DDIM sample from the same noise (no 3D-aware step)."""
 
 
 # ---- inputs -------------------------------------------------------------------------------------
@@ -214,6 +216,8 @@ class MultiViewPipeline:
         self._decode = nnx.jit(lambda vae, z: vae.decode_frames(z))
         self._lgm = nnx.jit(lambda lgm, x: lgm.gaussians(x))
         self._text = nnx.jit(lambda m, t: m(t))
+        self._embed_image = nnx.jit(lambda m, x: m(x))
+        self._encode_image = nnx.jit(lambda m, x, k: m.encode_frames(x, k))
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -303,8 +307,13 @@ class MultiViewPipeline:
         ids = tokenize(self.tokenizer, list(prompts), tcfg.context_length)
         return self._text(self.models["clip_text"], jnp.asarray(ids))
 
+    def _decode_views(self, latents: jax.Array) -> np.ndarray:
+        video = self._decode(self.models["vae"], latents)
+        return np.asarray(jax.block_until_ready(jnp.clip(video * 0.5 + 0.5, 0.0, 1.0)[0]))
+
     def _generate(self, cond: dict, uncond: dict, cams: np.ndarray, seed: int,
-                  timings: dict[str, float]) -> tuple[np.ndarray, Gaussians, bool]:
+                  timings: dict[str, float]
+                  ) -> tuple[np.ndarray, Gaussians, bool, np.ndarray | None]:
         c, scfg = self.config, self.sampler_config()
         if self._sampler is None or self._sampler.config != scfg:
             self._sampler = make_sampler(self.models["unet"], self.models["vae"],
@@ -320,10 +329,16 @@ class MultiViewPipeline:
         overflow = bool(aux.get("overflow", False))
 
         t0 = time.perf_counter()
-        video = self._decode(vae, x)
-        views = jnp.clip(video * 0.5 + 0.5, 0.0, 1.0)[0]
-        views = np.asarray(jax.block_until_ready(views))
+        views = self._decode_views(x)
         timings["decode_s"] = time.perf_counter() - t0
+
+        plain = None
+        if _cfg_get(c, "also_plain", False) and scfg.aware_steps:
+            t0 = time.perf_counter()
+            x_plain, _ = self._sampler(noise, cond, uncond, jnp.asarray(cams), key_sample,
+                                       aware_mask=np.zeros(scfg.num_steps, bool))
+            plain = self._decode_views(x_plain)
+            timings["plain_sampling_and_decode_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         lgm = self.models["lgm"]
@@ -335,7 +350,7 @@ class MultiViewPipeline:
         g = jax.block_until_ready(self._lgm(lgm, inputs))
         gaussians = jax.tree.map(lambda a: np.asarray(a[0]), g)
         timings["lgm_s"] = time.perf_counter() - t0
-        return views, gaussians, overflow
+        return views, gaussians, overflow, plain
 
     # -- public entry points ----------------------------------------------------------------------
 
@@ -356,8 +371,8 @@ class MultiViewPipeline:
             ctx = jax.block_until_ready(ctx)
             timings["text_encode_s"] = time.perf_counter() - t0
             cond, uncond = text_conditions(ctx[:1], ctx[1:])
-            views, g, over = self._generate(cond, uncond, cams, seed + i, timings)
-            results.append(SampleResult(views, g, timings, over, seed + i, prompt))
+            views, g, over, plain = self._generate(cond, uncond, cams, seed + i, timings)
+            results.append(SampleResult(views, g, timings, over, seed + i, prompt, plain))
         return results
 
     def image_to_mv(self, images: Sequence[str | np.ndarray], seed: int | None = None,
@@ -387,13 +402,12 @@ class MultiViewPipeline:
                                         f"{rgb.shape}")
             ctx = self.encode_text([c.prompt, neg])
             clip_in = preprocess(rgb, crop_size=res, size=vision.config.image_size)
-            emb = nnx.jit(lambda m, x: m(x))(vision, jnp.asarray(clip_in))
+            emb = self._embed_image(vision, jnp.asarray(clip_in))
             key_img = jax.random.fold_in(jax.random.key(seed + i), 1)
-            z = nnx.jit(lambda m, x, k: m.encode_frames(x, k))(
-                vae, jnp.asarray(rgb)[None, None] * 2.0 - 1.0, key_img)[:, 0]
+            z = self._encode_image(vae, jnp.asarray(rgb)[None, None] * 2.0 - 1.0, key_img)[:, 0]
             jax.block_until_ready((ctx, emb, z))
             timings["condition_encode_s"] = time.perf_counter() - t0
             cond, uncond = image_conditions(ctx[:1], ctx[1:], z, emb, c.fps_cond)
-            views, g, over = self._generate(cond, uncond, cams, seed + i, timings)
-            results.append(SampleResult(views, g, timings, over, seed + i, name))
+            views, g, over, plain = self._generate(cond, uncond, cams, seed + i, timings)
+            results.append(SampleResult(views, g, timings, over, seed + i, name, plain))
         return results
