@@ -1,0 +1,181 @@
+"""Tests for the procedural shapes scenes and the analytic NumPy ray caster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from videomv_jax.data.shapes import (
+    AMBIENT,
+    PALETTE,
+    TORUS_TOLERANCE,
+    Primitive,
+    Scene,
+    random_scene,
+    render_scene,
+)
+
+FOVY = 39.6
+
+
+def _single(kind: str, he, color: str = "red", minor: float = 0.0) -> Scene:
+    p = Primitive(kind, color, (0.0, 0.0, 0.0), tuple(he), minor)
+    return Scene((p,), f"a {color} {p.noun}")
+
+
+def test_determinism_and_bounds():
+    for seed in range(40):
+        a, b = random_scene(seed), random_scene(seed)
+        assert a == b
+        for p in a.primitives:
+            lo, hi = p.bounds()
+            assert np.all(lo >= -0.5) and np.all(hi <= 0.5), (seed, p)
+    ra, da = render_scene(random_scene(3), num_views=4, resolution=32)
+    rb, db = render_scene(random_scene(3), num_views=4, resolution=32)
+    np.testing.assert_array_equal(ra, rb)
+    np.testing.assert_array_equal(da, db)
+    assert random_scene(1) != random_scene(2)
+
+
+def test_caption_matches_primitives():
+    for seed in range(40):
+        s = random_scene(seed)
+        for p in s.primitives:
+            assert p.color in s.caption and p.noun in s.caption, (seed, s.caption)
+        assert len(s.caption.split(" on ")) == (len(s.primitives) if s.layout == "on" else 1)
+        if s.layout == "next to":
+            assert "next to" in s.caption or "side by side" in s.caption
+
+
+def test_sphere_depth_and_silhouette():
+    r, dist, res = 0.3, 2.0, 64
+    rgba, depth = render_scene(_single("sphere", (r, r, r)), num_views=3, resolution=res)
+    assert rgba.shape == (3, res, res, 4) and depth.shape == (3, res, res)
+    assert rgba.dtype == np.float32 and depth.dtype == np.float32
+    # pixel centres near the image centre: exact analytic depth along the optical axis
+    f = res / (2 * np.tan(np.deg2rad(FOVY) / 2))
+    for i, j in [(31, 31), (32, 33), (28, 36)]:
+        dcam = np.array([(j - res / 2 + 0.5) / f, -(i - res / 2 + 0.5) / f, -1.0])
+        u = dcam / np.linalg.norm(dcam)
+        # ray from (0, 0, dist) along u in a frame centred on the sphere
+        b = dist * u[2]
+        t = -b - np.sqrt(b * b - (dist * dist - r * r))
+        np.testing.assert_allclose(depth[:, i, j], t * -u[2], atol=2e-6)  # float32 rays
+    # silhouette: pixels whose centre ray hits, vs the analytic cone half-angle asin(r / d)
+    ys, xs = np.meshgrid(np.arange(res), np.arange(res), indexing="ij")
+    ang = np.arctan(np.hypot(xs - res / 2 + 0.5, ys - res / 2 + 0.5) / f)
+    expected = ang < np.arcsin(r / dist)
+    for v in range(3):
+        assert np.array_equal(rgba[v, ..., 3] > 0.5, expected)
+        assert np.all(depth[v][~expected] == 0)
+    # projected radius in pixels matches f * tan(asin(r / d)) within a pixel
+    area = expected.sum()
+    assert abs(np.sqrt(area / np.pi) - f * np.tan(np.arcsin(r / dist))) < 1.0
+
+
+def test_box_face_head_on_and_shading():
+    he = (0.2, 0.25, 0.15)
+    rgba, depth = render_scene(
+        _single("box", he, "blue"), num_views=4, resolution=33, elevation_deg=1e-6
+    )
+    # view 0 at azimuth 0 looks along -x at the +x face: depth = dist - hx over the face
+    c = 16
+    np.testing.assert_allclose(depth[0, c - 2 : c + 3, c - 2 : c + 3], 2.0 - he[0], atol=2e-6)
+    # view 1 (azimuth 90) sees the +y face
+    np.testing.assert_allclose(depth[1, c, c], 2.0 - he[1], atol=2e-6)
+    hit = rgba[..., 3] > 0.5
+    col = np.asarray(PALETTE["blue"], np.float32)
+    factor = rgba[..., :3][hit] / col
+    np.testing.assert_allclose(factor, factor[:, :1].repeat(3, 1), rtol=1e-5)
+    assert factor.min() >= AMBIENT - 1e-6 and factor.max() <= 1 + 1e-6
+    assert np.all(rgba[~hit] == 0)
+
+
+@pytest.mark.parametrize("kind", ["cylinder", "cone"])
+def test_cylinder_cone_side_depth(kind):
+    r, hh = 0.25, 0.3
+    rgba, depth = render_scene(
+        _single(kind, (r, r, hh)), num_views=2, resolution=32, elevation_deg=1e-6
+    )
+    # central ray along -x through the origin: cylinder side at x = r, cone side at r / 2
+    # (mid-height radius); pixel centres are offset by half a pixel, so use a tolerance
+    f = 32 / (2 * np.tan(np.deg2rad(FOVY) / 2))
+    expected = 2.0 - (r if kind == "cylinder" else r / 2)
+    slope = 0.0 if kind == "cylinder" else r / (2 * hh)
+    tol = 2.0 * 0.5 / f * (1 + slope) + 1e-5  # half-pixel offset at distance ~2
+    assert abs(depth[0, 16, 16] - expected) < tol
+
+
+def test_colours_of_random_scene_in_shading_range():
+    s = random_scene(5)
+    rgba, _ = render_scene(s, num_views=6, resolution=32)
+    hit = rgba[..., 3] > 0.5
+    assert hit.any()
+    cols = np.stack([np.asarray(PALETTE[p.color], np.float32) for p in s.primitives])
+    px = rgba[..., :3][hit]
+    ok = np.zeros(len(px), bool)
+    for c in cols:
+        fac = px / np.maximum(c, 1e-6)
+        same = np.ptp(fac, axis=1) < 1e-4
+        ok |= same & (fac[:, 0] >= AMBIENT - 1e-5) & (fac[:, 0] <= 1 + 1e-5)
+    assert ok.all()
+
+
+def test_torus_depth():
+    major, minor = 0.3, 0.1
+    scene = _single("torus", (major + minor, major + minor, minor), "green", minor)
+    rgba, depth = render_scene(scene, num_views=4, resolution=32, elevation_deg=30.0)
+    # a few pixels vs the quartic solved by np.roots (the reference)
+    f = 32 / (2 * np.tan(np.deg2rad(FOVY) / 2))
+    from videomv_jax.render.camera import orbit_cameras
+
+    c2w = np.asarray(orbit_cameras(4, 30.0, 2.0), np.float64)
+    checked = 0
+    for v, i, j in [(0, 16, 16), (0, 12, 9), (1, 18, 22), (2, 14, 20), (3, 20, 11)]:
+        dcam = np.array([(j - 16 + 0.5) / f, -(i - 16 + 0.5) / f, -1.0])
+        u = c2w[v, :3, :3] @ dcam
+        u /= np.linalg.norm(u)
+        o = c2w[v, :3, 3]
+        # (|p|^2 + R^2 - a^2)^2 - 4 R^2 (x^2 + y^2) = 0 with p = o + t u
+        k = o @ o + major**2 - minor**2
+        ou = o @ u
+        coeffs = [
+            1.0,
+            4 * ou,
+            2 * k + 4 * ou**2 - 4 * major**2 * (u[0] ** 2 + u[1] ** 2),
+            4 * k * ou - 8 * major**2 * (o[0] * u[0] + o[1] * u[1]),
+            k * k - 4 * major**2 * (o[0] ** 2 + o[1] ** 2),
+        ]
+        roots = np.roots(coeffs)
+        real = np.sort(roots.real[(np.abs(roots.imag) < 1e-9) & (roots.real > 0)])
+        hit = rgba[v, i, j, 3] > 0.5
+        assert hit == (real.size > 0)
+        if hit:
+            checked += 1
+            # |sdf| <= TORUS_TOLERANCE; float32 rays/outputs add ~1e-6
+            assert abs(depth[v, i, j] - real[0] * -(u @ c2w[v, :3, 2])) < TORUS_TOLERANCE + 5e-6
+    assert checked >= 3
+
+
+def test_speed_non_torus():
+    import time
+
+    s = Scene(
+        (
+            Primitive("sphere", "red", (0, 0, 0.2), (0.2, 0.2, 0.2)),
+            Primitive("cone", "blue", (0.2, 0, -0.2), (0.2, 0.2, 0.2)),
+            Primitive("box", "white", (-0.2, 0, -0.2), (0.1, 0.2, 0.2)),
+        ),
+        "x",
+    )
+    render_scene(s, num_views=1, resolution=8)  # warm up jax
+    t0 = time.perf_counter()
+    render_scene(s)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_bad_primitive():
+    with pytest.raises(ValueError):
+        Primitive("pyramid", "red", (0, 0, 0), (0.1, 0.1, 0.1))
+    with pytest.raises(ValueError):
+        Primitive("sphere", "teal", (0, 0, 0), (0.1, 0.1, 0.1))

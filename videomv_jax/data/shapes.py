@@ -1,0 +1,422 @@
+"""Procedural ``shapes`` multi-view data: random coloured primitives and an analytic ray caster.
+
+Scenes hold one to three primitives (sphere, box/cube, cylinder, cone, torus) with colours
+from :data:`PALETTE`, inside ``[-0.5, 0.5]^3`` of VideoMV's z-up world, either stacked ("on",
+the first named primitive on top) or side by side ("next to"). :func:`random_scene` is
+deterministic in its integer seed and builds a caption from the attributes and layout.
+
+:func:`render_scene` renders the VideoMV orbit with an exact NumPy ray caster (independent of
+the Gaussian rasterizer, so it can serve as ground truth): rays come from
+:func:`videomv_jax.render.camera.camera_rays` (OpenGL camera, pixel centres), intersections are
+analytic (sphere and cone/cylinder quadratics, box slabs, flat caps) except for the torus, which
+is sphere-traced on its exact signed distance and refined by Newton steps until
+``|sdf| <= TORUS_TOLERANCE`` (1e-7 world units; the hit point is that close to the surface).
+Shading is Lambert with ambient under a fixed world light.
+
+Outputs: ``rgba`` float32 ``[V, H, W, 4]`` (premultiplied: background is ``0`` with alpha
+``0``; alpha is exactly 0 or 1, no anti-aliasing) and ``depth`` float32 ``[V, H, W]``: the
+OpenCV camera ``z`` (distance along the optical axis) of the nearest hit, ``0`` for background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from videomv_jax.render.camera import DEFAULT_FOVY_DEG, camera_rays, orbit_cameras
+
+__all__ = [
+    "AMBIENT",
+    "KINDS",
+    "LIGHT_DIR",
+    "PALETTE",
+    "TORUS_TOLERANCE",
+    "Primitive",
+    "Scene",
+    "random_scene",
+    "render_scene",
+]
+
+PALETTE: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.1, 0.1),
+    "green": (0.1, 0.7, 0.2),
+    "blue": (0.1, 0.25, 0.85),
+    "yellow": (0.95, 0.85, 0.1),
+    "orange": (0.95, 0.5, 0.05),
+    "purple": (0.55, 0.15, 0.7),
+    "white": (0.95, 0.95, 0.95),
+    "black": (0.08, 0.08, 0.08),
+    "pink": (0.95, 0.45, 0.7),
+    "brown": (0.5, 0.3, 0.12),
+}
+"""Named colours (linear RGB in [0, 1]) used by :func:`random_scene`."""
+
+KINDS: tuple[str, ...] = ("sphere", "box", "cylinder", "cone", "torus")
+"""Primitive kinds. Boxes with equal sides are called "cube" in captions."""
+
+AMBIENT: float = 0.3
+"""Ambient term: lit colour = colour * (AMBIENT + (1 - AMBIENT) * max(0, n . l))."""
+
+LIGHT_DIR: np.ndarray = np.array([0.4, 0.3, 1.0]) / np.linalg.norm([0.4, 0.3, 1.0])
+"""Fixed world-space (z-up) unit direction towards the light."""
+
+TORUS_TOLERANCE: float = 1e-7
+"""Torus hits satisfy ``|sdf(hit)| <= TORUS_TOLERANCE`` (world units)."""
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One primitive, axis-aligned, z-up.
+
+    ``half_extents`` is the half size of its bounding box: sphere ``(r, r, r)``; box the half
+    side lengths; cylinder ``(r, r, h/2)``; cone ``(r, r, h/2)`` with the base disk (radius
+    ``r``) at the bottom and the apex at the top; torus ``(R + a, R + a, a)`` lying flat (axis
+    z) with major radius ``R`` and tube radius ``a = minor_radius``.
+    """
+
+    kind: str
+    color: str
+    center: tuple[float, float, float]
+    half_extents: tuple[float, float, float]
+    minor_radius: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.color not in PALETTE:
+            raise ValueError(f"color must be one of {sorted(PALETTE)}, got {self.color!r}")
+        if len(self.center) != 3 or len(self.half_extents) != 3:
+            raise ValueError("center and half_extents must have 3 components")
+        if min(self.half_extents) <= 0:
+            raise ValueError(f"half_extents must be > 0, got {self.half_extents}")
+        if self.kind == "torus" and not 0 < self.minor_radius < self.half_extents[0]:
+            raise ValueError("a torus needs 0 < minor_radius < half_extents[0]")
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """Colour as float64 ``[3]``."""
+        return np.asarray(PALETTE[self.color], np.float64)
+
+    @property
+    def noun(self) -> str:
+        """Shape word used in captions ("cube" for boxes with equal sides)."""
+        if self.kind == "box":
+            he = self.half_extents
+            return "cube" if max(he) - min(he) < 1e-9 else "box"
+        return self.kind
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned bounding box ``(lo, hi)``."""
+        c, he = np.asarray(self.center), np.asarray(self.half_extents)
+        return c - he, c + he
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Primitives plus a caption; ``layout`` is "single", "on" or "next to"."""
+
+    primitives: tuple[Primitive, ...]
+    caption: str
+    layout: str = "single"
+    seed: int | None = field(default=None, compare=False)
+
+
+# --------------------------------------------------------------------------------------------
+# scene generation
+# --------------------------------------------------------------------------------------------
+
+
+def _sample_shape(rng: np.random.Generator, kind: str, s: float) -> tuple[np.ndarray, float]:
+    """Half extents (and torus tube radius) of a ``kind`` with overall half size ``s``."""
+    if kind == "sphere":
+        return np.array([s, s, s]), 0.0
+    if kind == "box":
+        if rng.random() < 0.5:
+            return np.array([s, s, s]), 0.0
+        return s * rng.uniform(0.5, 1.0, size=3), 0.0
+    if kind in ("cylinder", "cone"):
+        r, hh = s * rng.uniform(0.6, 1.0), s * rng.uniform(0.6, 1.0)
+        return np.array([r, r, hh]), 0.0
+    tube = s * rng.uniform(0.25, 0.4)
+    return np.array([s, s, tube]), tube
+
+
+def _phrase(p: Primitive, size_word: str) -> str:
+    words = [w for w in (size_word, p.color, p.noun) if w]
+    return ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
+
+
+def random_scene(seed: int) -> Scene:
+    """Random scene of one to three primitives, deterministic in ``seed``.
+
+    Layout "on" stacks the primitives centred on the z axis (caption lists top to bottom: "a
+    red cube on a blue sphere"); "next to" puts them in a row along x or y on a common ground
+    ("a red cube next to a blue sphere"; three: "a A, a B and a C side by side"). Size words
+    "small" / "large" are added for half sizes below 0.15 / above 0.25 (before any rescale
+    to fit, which only shrinks multi-object scenes). Everything lies inside [-0.5, 0.5]^3.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 4))
+    kinds = [str(k) for k in rng.choice(KINDS, size=n)]
+    colors = [str(c) for c in rng.choice(sorted(PALETTE), size=n, replace=False)]
+    sizes = rng.uniform(0.1, 0.32, size=n)
+    shapes = [_sample_shape(rng, k, float(s)) for k, s in zip(kinds, sizes, strict=True)]
+    size_words = ["small" if s < 0.15 else "large" if s > 0.25 else "" for s in sizes]
+    layout = "single" if n == 1 else ("on" if rng.random() < 0.5 else "next to")
+    limit = 0.5 * 0.96  # keep a small margin inside the unit cube
+
+    he = np.stack([sh[0] for sh in shapes])  # [n, 3]
+    tubes = np.array([sh[1] for sh in shapes])
+    centers = np.zeros((n, 3))
+    if layout == "on":
+        # cones only on top (index 0 = top): move them to the front
+        order = sorted(range(n), key=lambda i: kinds[i] != "cone")
+        kinds, colors, size_words = ([v[i] for i in order] for v in (kinds, colors, size_words))
+        he, tubes = he[order], tubes[order]
+        he_scale = min(1.0, limit / he[:, 2].sum())
+        he, tubes = he * he_scale, tubes * he_scale
+        z = -he[:, 2].sum()
+        for i in reversed(range(n)):  # bottom first
+            centers[i, 2] = z + he[i, 2]
+            z += 2 * he[i, 2]
+    elif layout == "next to":
+        axis = int(rng.integers(0, 2))
+        gap = 0.04
+        width = 2 * he[:, axis].sum() + gap * (n - 1)
+        he_scale = min(1.0, (2 * limit - gap * (n - 1)) / (2 * he[:, axis].sum()))
+        he, tubes = he * he_scale, tubes * he_scale
+        width = 2 * he[:, axis].sum() + gap * (n - 1)
+        pos = -width / 2
+        ground = -he[:, 2].max()
+        for i in range(n):
+            centers[i, axis] = pos + he[i, axis]
+            centers[i, 2] = ground + he[i, 2]
+            pos += 2 * he[i, axis] + gap
+
+    prims = tuple(
+        Primitive(
+            kind=kinds[i],
+            color=colors[i],
+            center=tuple(float(v) for v in centers[i]),
+            half_extents=tuple(float(v) for v in he[i]),
+            minor_radius=float(tubes[i]),
+        )
+        for i in range(n)
+    )
+    phrases = [_phrase(p, w) for p, w in zip(prims, size_words, strict=True)]
+    if layout == "single":
+        caption = phrases[0]
+    elif layout == "on":
+        caption = " on ".join(phrases)
+    elif n == 2:
+        caption = f"{phrases[0]} next to {phrases[1]}"
+    else:
+        caption = f"{phrases[0]}, {phrases[1]} and {phrases[2]} side by side"
+    return Scene(primitives=prims, caption=caption, layout=layout, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------
+# ray casting (all functions take ray origins relative to the primitive centre, [N, 3] float64)
+# --------------------------------------------------------------------------------------------
+
+
+def _quadratic_roots(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both roots of ``a t^2 + 2 b t + c = 0`` (nan where none), stable form; linear if a ~ 0."""
+    disc = b * b - a * c
+    ok = disc >= 0
+    sq = np.sqrt(np.where(ok, disc, 0.0))
+    q = -(b + np.copysign(sq, b))  # avoids cancellation
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1 = np.where(np.abs(a) > 1e-12, q / a, -c / (2 * b))
+        t2 = np.where(q != 0, c / q, t1)
+    nan = np.full_like(t1, np.nan)
+    return np.where(ok, t1, nan), np.where(ok, t2, nan)
+
+
+def _pick(t: np.ndarray, n: np.ndarray, t_new: np.ndarray, n_new: np.ndarray, valid: np.ndarray):
+    """Keep the nearer of (t, n) and a candidate (t_new, n_new) where ``valid``."""
+    better = valid & (t_new > _EPS) & (t_new < t)
+    return np.where(better, t_new, t), np.where(better[:, None], n_new, n)
+
+
+def _hit_sphere(o: np.ndarray, d: np.ndarray, p: Primitive):
+    r = p.half_extents[0]
+    b = np.sum(o * d, -1)
+    c = np.sum(o * o, -1) - r * r
+    t = np.full(len(o), np.inf)
+    nrm = np.zeros_like(o)
+    for root in _quadratic_roots(np.ones_like(b), b, c):
+        x = o + root[:, None] * d
+        t, nrm = _pick(t, nrm, root, x / r, np.isfinite(root))
+    return t, nrm
+
+
+def _hit_box(o: np.ndarray, d: np.ndarray, p: Primitive):
+    he = np.asarray(p.half_extents)
+    safe = np.where(np.abs(d) < 1e-300, 1e-300, d)
+    t1, t2 = (-he - o) / safe, (he - o) / safe
+    tlo, thi = np.minimum(t1, t2), np.maximum(t1, t2)
+    tmin, tmax = tlo.max(-1), thi.min(-1)
+    hit = (tmax >= tmin) & (tmax > _EPS)
+    t_hit = np.where(tmin > _EPS, tmin, tmax)  # inside the box: exit face
+    axis = np.where(tmin > _EPS, tlo.argmax(-1), thi.argmin(-1))
+    nrm = np.zeros_like(o)
+    idx = np.arange(len(o))
+    nrm[idx, axis] = -np.sign(d[idx, axis])
+    return np.where(hit, t_hit, np.inf), nrm
+
+
+def _hit_cap(o, d, z0, radius, nz, t, nrm):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tc = (z0 - o[:, 2]) / d[:, 2]
+    x = o + np.nan_to_num(tc)[:, None] * d
+    valid = np.isfinite(tc) & (x[:, 0] ** 2 + x[:, 1] ** 2 <= radius * radius)
+    cap_n = np.broadcast_to(np.array([0.0, 0.0, nz]), o.shape)
+    return _pick(t, nrm, tc, cap_n, valid)
+
+
+def _hit_cylinder(o: np.ndarray, d: np.ndarray, p: Primitive):
+    r, hh = p.half_extents[0], p.half_extents[2]
+    a = d[:, 0] ** 2 + d[:, 1] ** 2
+    b = o[:, 0] * d[:, 0] + o[:, 1] * d[:, 1]
+    c = o[:, 0] ** 2 + o[:, 1] ** 2 - r * r
+    t = np.full(len(o), np.inf)
+    nrm = np.zeros_like(o)
+    for root in _quadratic_roots(a, b, c):
+        x = o + np.nan_to_num(root)[:, None] * d
+        side_n = x * np.array([1.0, 1.0, 0.0]) / r
+        t, nrm = _pick(t, nrm, root, side_n, np.isfinite(root) & (np.abs(x[:, 2]) <= hh))
+    t, nrm = _hit_cap(o, d, hh, r, 1.0, t, nrm)
+    t, nrm = _hit_cap(o, d, -hh, r, -1.0, t, nrm)
+    return t, nrm
+
+
+def _hit_cone(o: np.ndarray, d: np.ndarray, p: Primitive):
+    # x^2 + y^2 = k^2 (hh - z)^2 for z in [-hh, hh]; base radius r at z = -hh, apex at +hh
+    r, hh = p.half_extents[0], p.half_extents[2]
+    k2 = (r / (2 * hh)) ** 2
+    w0 = hh - o[:, 2]
+    a = d[:, 0] ** 2 + d[:, 1] ** 2 - k2 * d[:, 2] ** 2
+    b = o[:, 0] * d[:, 0] + o[:, 1] * d[:, 1] + k2 * w0 * d[:, 2]
+    c = o[:, 0] ** 2 + o[:, 1] ** 2 - k2 * w0 * w0
+    t = np.full(len(o), np.inf)
+    nrm = np.zeros_like(o)
+    for root in _quadratic_roots(a, b, c):
+        x = o + np.nan_to_num(root)[:, None] * d
+        g = np.stack([x[:, 0], x[:, 1], k2 * (hh - x[:, 2])], -1)
+        g = g / np.maximum(np.linalg.norm(g, axis=-1, keepdims=True), 1e-300)
+        t, nrm = _pick(t, nrm, root, g, np.isfinite(root) & (np.abs(x[:, 2]) <= hh))
+    t, nrm = _hit_cap(o, d, -hh, r, -1.0, t, nrm)
+    return t, nrm
+
+
+def _torus_sdf(x: np.ndarray, major: float, minor: float) -> np.ndarray:
+    q = np.sqrt(x[..., 0] ** 2 + x[..., 1] ** 2) - major
+    return np.sqrt(q * q + x[..., 2] ** 2) - minor
+
+
+def _torus_normal(x: np.ndarray, major: float) -> np.ndarray:
+    rho = np.maximum(np.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2), 1e-300)
+    ring = np.stack([x[:, 0] / rho * major, x[:, 1] / rho * major, np.zeros(len(x))], -1)
+    g = x - ring
+    return g / np.maximum(np.linalg.norm(g, axis=-1, keepdims=True), 1e-300)
+
+
+def _hit_torus(o: np.ndarray, d: np.ndarray, p: Primitive, max_steps: int = 256):
+    """Sphere tracing of the exact torus SDF inside its bounding box, then Newton refinement.
+
+    The SDF is an exact distance, so marching never steps through the surface; marching
+    stops at ``|sdf| < TORUS_TOLERANCE / 10`` or on leaving the box. Newton steps along the
+    ray (``t -= sdf / (grad . d)``, only accepted when they reduce ``|sdf|``) polish hits;
+    final hits satisfy ``|sdf| <= TORUS_TOLERANCE``.
+    """
+    minor = p.minor_radius
+    major = p.half_extents[0] - minor
+    he = np.asarray(p.half_extents)
+    safe = np.where(np.abs(d) < 1e-300, 1e-300, d)
+    t1, t2 = (-he - o) / safe, (he - o) / safe
+    tmin = np.maximum(np.minimum(t1, t2).max(-1), 0.0)
+    tmax = np.maximum(t1, t2).min(-1)
+    t_out = np.full(len(o), np.inf)
+    nrm_out = np.zeros_like(o)
+    idx = np.nonzero(tmax >= tmin)[0]
+    if idx.size == 0:
+        return t_out, nrm_out
+    oo, dd, t, tend = o[idx], d[idx], tmin[idx].copy(), tmax[idx]
+    active = np.ones(len(idx), bool)
+    for _ in range(max_steps):
+        a = np.nonzero(active)[0]
+        if a.size == 0:
+            break
+        sdf = _torus_sdf(oo[a] + t[a, None] * dd[a], major, minor)
+        t[a] += np.maximum(sdf, 0.0)
+        active[a] = (sdf > TORUS_TOLERANCE * 0.1) & (t[a] <= tend[a])
+    for _ in range(4):  # Newton polish
+        x = oo + t[:, None] * dd
+        sdf = _torus_sdf(x, major, minor)
+        slope = np.sum(_torus_normal(x, major) * dd, -1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_new = t - sdf / slope
+        better = np.isfinite(t_new) & (
+            np.abs(_torus_sdf(oo + np.nan_to_num(t_new)[:, None] * dd, major, minor)) < np.abs(sdf)
+        )
+        t = np.where(better, t_new, t)
+    x = oo + t[:, None] * dd
+    hit = (np.abs(_torus_sdf(x, major, minor)) <= TORUS_TOLERANCE) & (t <= tend + 1e-6)
+    t_out[idx] = np.where(hit, t, np.inf)
+    nrm_out[idx] = _torus_normal(x, major)
+    return t_out, nrm_out
+
+
+_HITTERS = {
+    "sphere": _hit_sphere,
+    "box": _hit_box,
+    "cylinder": _hit_cylinder,
+    "cone": _hit_cone,
+    "torus": _hit_torus,
+}
+
+
+def render_scene(
+    scene: Scene,
+    num_views: int = 24,
+    resolution: int = 64,
+    elevation_deg: float = 15.0,
+    distance: float = 2.0,
+    fovy_deg: float = DEFAULT_FOVY_DEG,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ray-cast ``scene`` on the VideoMV orbit (:func:`orbit_cameras`, azimuth 0 first).
+
+    Returns ``rgba`` float32 ``[V, H, W, 4]`` (colour * shading, alpha 1 on hits, all zeros
+    on background) and ``depth`` float32 ``[V, H, W]`` (OpenCV camera z of the nearest hit,
+    i.e. the distance along the optical axis; 0 on background). ``H = W = resolution``.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
+        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+    c2w = np.asarray(orbit_cameras(num_views, elevation_deg, distance), np.float64)
+    origins, dirs = camera_rays(c2w, resolution, resolution, fovy_deg)
+    o = np.asarray(origins, np.float64).reshape(-1, 3)
+    d = np.asarray(dirs, np.float64).reshape(-1, 3)
+    d = d / np.linalg.norm(d, axis=-1, keepdims=True)  # float32 rays -> float64 unit
+
+    t = np.full(len(o), np.inf)
+    nrm = np.zeros_like(o)
+    rgb = np.zeros_like(o)
+    for p in scene.primitives:
+        tp, np_ = _HITTERS[p.kind](o - np.asarray(p.center), d, p)
+        better = tp < t
+        t = np.where(better, tp, t)
+        nrm = np.where(better[:, None], np_, nrm)
+        rgb = np.where(better[:, None], p.rgb, rgb)
+    hit = np.isfinite(t)
+    nrm = np.where((np.sum(nrm * d, -1) > 0)[:, None], -nrm, nrm)  # face the camera
+    shade = AMBIENT + (1.0 - AMBIENT) * np.clip(nrm @ LIGHT_DIR, 0.0, None)
+    color = np.where(hit[:, None], rgb * shade[:, None], 0.0)
+    forward = np.repeat(-c2w[:, :3, 2], resolution * resolution, axis=0)
+    depth = np.where(hit, np.nan_to_num(t, posinf=0.0) * np.sum(d * forward, -1), 0.0)
+    shape = (num_views, resolution, resolution)
+    rgba = np.concatenate([color, hit[:, None].astype(np.float64)], -1).reshape(*shape, 4)
+    return rgba.astype(np.float32), depth.reshape(shape).astype(np.float32)
