@@ -157,23 +157,6 @@ def test_torus_depth():
     assert checked >= 3
 
 
-def test_speed_non_torus():
-    import time
-
-    s = Scene(
-        (
-            Primitive("sphere", "red", (0, 0, 0.2), (0.2, 0.2, 0.2)),
-            Primitive("cone", "blue", (0.2, 0, -0.2), (0.2, 0.2, 0.2)),
-            Primitive("box", "white", (-0.2, 0, -0.2), (0.1, 0.2, 0.2)),
-        ),
-        "x",
-    )
-    render_scene(s, num_views=1, resolution=8)  # warm up jax
-    t0 = time.perf_counter()
-    render_scene(s)
-    assert time.perf_counter() - t0 < 1.0
-
-
 def test_bad_primitive():
     with pytest.raises(ValueError):
         Primitive("pyramid", "red", (0, 0, 0), (0.1, 0.1, 0.1))
