@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
+import time
 from pathlib import Path
+
+import jax
 
 RESULTS_HEADER = (
     "# Benchmark results\n\n"
@@ -52,3 +56,18 @@ def append_results(path: Path, text: str) -> None:
         path.write_text(RESULTS_HEADER)
     with path.open("a") as f:
         f.write("\n" + text)
+
+
+def time_compiled(fn, args: tuple, reps: int):
+    """Ahead-of-time compile ``jax.jit(fn)`` for ``args``, one warm-up call, then ``reps`` timed
+    calls with ``block_until_ready``: (compile s, median s, all timings, last output)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    out = jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+    return compile_s, statistics.median(times), times, out

@@ -55,7 +55,15 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
-from common import append_results, core_count, cpu_model, fmt_ms, log, short_error
+from common import (
+    append_results,
+    core_count,
+    cpu_model,
+    fmt_ms,
+    log,
+    short_error,
+    time_compiled,
+)
 
 from videomv_jax.render.camera import DEFAULT_FOVY_DEG, TEXT_TO_MV, orbit_cameras, raster_cameras
 from videomv_jax.render.gaussians import Gaussians
@@ -123,23 +131,6 @@ def round_capacity(n: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def time_jitted(fn, args, reps: int):
-    """Compile ``fn`` ahead of time, warm it up once, time ``reps`` calls.
-
-    Returns (compile seconds, median seconds, all timings, last output).
-    """
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    out = jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), times, out
-
-
 def time_torch(fn, reps: int, sync) -> float:
     """Median seconds of ``fn()`` after one warm-up call; ``sync`` waits for the device."""
     fn()
@@ -186,7 +177,7 @@ def bench_tiled(scene, viewmats, Ks, size, args, keep_outputs: bool) -> TiledRes
         return (out.colors, out.alphas, out.depths, out.info.intersections,
                 out.info.max_tile_load, out.info.overflow)
 
-    c_fwd, t_fwd, _, out = time_jitted(forward, (scene, viewmats, Ks, background), args.reps)
+    c_fwd, t_fwd, _, out = time_compiled(forward, (scene, viewmats, Ks, background), args.reps)
     colors, alphas, _, intersections, max_load, overflow = out
     if bool(overflow):
         raise RuntimeError(f"capacity overflow: {int(intersections)} > {capacity}")
@@ -208,7 +199,7 @@ def bench_tiled(scene, viewmats, Ks, size, args, keep_outputs: bool) -> TiledRes
         return jnp.sum(out.colors * cc) + jnp.sum(out.alphas * ca)
 
     fwd_bwd = jax.value_and_grad(loss)
-    c_fb, t_fb, _, (value, grads) = time_jitted(
+    c_fb, t_fb, _, (value, grads) = time_compiled(
         fwd_bwd, (scene, viewmats, Ks, background, cot_c, cot_a), args.reps)
     finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(grads))
     if not (finite and bool(jnp.isfinite(value))):
@@ -245,7 +236,7 @@ def bench_reference(scene, viewmats, Ks, size, args, tiled: TiledResult) -> Refe
     k = len(subset)
     sub_args = (scene, viewmats[subset], Ks[subset], background)
     log(f"  reference: {k} of {views} views (pixel_block={pixel_block})")
-    c_s, t_sub, _, (color, alpha) = time_jitted(ref_fn, sub_args, max(1, min(args.reps, 2)))
+    c_s, t_sub, _, (color, alpha) = time_compiled(ref_fn, sub_args, max(1, min(args.reps, 2)))
     diff = max(float(np.max(np.abs(np.asarray(color) - tiled.colors[subset]))),
                float(np.max(np.abs(np.asarray(alpha) - tiled.alphas[subset]))))
     estimate = t_sub * views / k

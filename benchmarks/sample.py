@@ -88,7 +88,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
-from common import append_results, core_count, cpu_model, fmt_ms, log, short_error  # noqa: E402
+from common import (  # noqa: E402
+    append_results,
+    core_count,
+    cpu_model,
+    fmt_ms,
+    log,
+    short_error,
+    time_compiled,
+)
 from flax import nnx  # noqa: E402
 
 from videomv_jax.convert.base import abstract_params, apply_params  # noqa: E402
@@ -230,20 +238,6 @@ class Stage:
     run_s: float
 
 
-def time_compiled(jitted, args: tuple, reps: int):
-    """(compile s, median s, last output) of an ahead-of-time compiled ``jax.jit`` function."""
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    out = jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), out
-
-
 def with_module(module: nnx.Module, fn: Callable) -> tuple[Callable, Any]:
     """(jittable ``f(state, *args) = fn(module, *args)``, state): weights as arguments."""
     graphdef, state = nnx.split(module)
@@ -305,7 +299,7 @@ def bench_setup(s: Setup, args) -> Result:
     stages: list[Stage] = []
 
     def add(name: str, work: str, fn: Callable, fargs: tuple, n: int = reps):
-        c, t, out = time_compiled(jax.jit(fn), fargs, n)
+        c, t, _, out = time_compiled(fn, fargs, n)
         stages.append(Stage(name, work, c, t))
         log(f"  {name:<14} compile {c:6.1f} s, run {t * 1e3:10,.1f} ms  ({work})")
         return out
@@ -353,7 +347,7 @@ def bench_setup(s: Setup, args) -> Result:
 
     full = make_sampler(unet, vae, lgm, cfg.replace(num_steps=args.steps,
                                                     aware_steps=tuple(args.aware_steps)))
-    c, t, (_, aux) = time_compiled(jax.jit(lambda *a: full.jitted(*a)), sampler_args(full),
+    c, t, _, (_, aux) = time_compiled(lambda *a: full.jitted(*a), sampler_args(full),
                                    args.sampler_reps)
     overflow = bool(aux["overflow"])
     log(f"  sampler        compile {c:6.1f} s, run {t * 1e3:10,.1f} ms  ({args.steps} steps, "

@@ -79,7 +79,15 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
-from common import append_results, core_count, cpu_model, fmt_ms, log, short_error
+from common import (  # noqa: E402
+    append_results,
+    core_count,
+    cpu_model,
+    fmt_ms,
+    log,
+    short_error,
+    time_compiled,
+)
 from flax import nnx  # noqa: E402
 
 from videomv_jax.convert.base import abstract_params, convert_state_dict  # noqa: E402
@@ -304,16 +312,8 @@ def time_jax(model: UNet3D, inputs: dict[str, np.ndarray], reps: int):
 
     args = (state, jnp.asarray(inputs["x"]), jnp.asarray(inputs["t"]),
             jnp.asarray(inputs["context"]))
-    t0 = time.perf_counter()
-    compiled = jax.jit(forward).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    out = jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-    return compile_s, statistics.median(times), np.asarray(out)
+    compile_s, median_s, _, out = time_compiled(forward, args, reps)
+    return compile_s, median_s, np.asarray(out)
 
 
 def time_torch(model, inputs: dict[str, np.ndarray], dtype: str, device: str, reps: int):
