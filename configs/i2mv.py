@@ -6,6 +6,12 @@ from __future__ import annotations
 import ml_collections
 
 from configs.t2mv import base_config
+from configs.train_common import (
+    TINY_UNET,
+    TINY_VISION,
+    base_train_config,
+    model_entry,
+)
 from videomv_jax.diffusion.sampler import SamplerConfig
 
 
@@ -21,4 +27,40 @@ def get_config() -> ml_collections.ConfigDict:
     c.recenter_size = 200
     c.fps_cond = 8.0
     c.seed = 9999
+    return c
+
+
+def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
+    """Stage-1 image→MV fine-tuning (spec §7): v loss on cosine + zero terminal SNR, offset
+    noise 0.1, empty caption, white background, random cyclic frame shift, conditioning on the
+    unshifted view 0 (VAE latent + CLIP image embedding), grad ×0.5 on the inherited spatial
+    layers, AdamW 3e-5, EMA 0.9999.
+
+    ``full``: converted released unet-i2v, VAE, OpenCLIP text and vision towers; G-Objaverse at
+    256², bf16 + remat. ``tiny``: videomv-tiny on ``shapes`` at 64² (VAE and text encoder from
+    the tiny exports, a small random frozen vision tower)."""
+    c = base_train_config("unet", "image", preset)
+    c.grad_scale = 0.5
+    c.data.input = ml_collections.ConfigDict(dict(mode="i2mv", batch_size=8, resolution=256,
+                                                  seed=0))
+    c.train.ema_decay = 0.9999
+    c.task = ml_collections.ConfigDict(dict(train_text_encoder=False))
+    if preset == "full":
+        c.models.unet = model_entry(overrides=dict(dtype="bfloat16", remat=True))
+        c.models.vae = model_entry()
+        c.models.text = model_entry()
+        c.models.vision = model_entry()
+    else:
+        c.data.input.update(batch_size=4, resolution=64)
+        c.models.unet = model_entry(config=dict(variant="image", image_embed_dim=64,
+                                                **TINY_UNET), seed=0)
+        c.models.vae = model_entry(checkpoint="runs/export/vae")
+        c.models.text = model_entry(checkpoint="runs/export/clip_text")
+        c.models.vision = model_entry(config=TINY_VISION, seed=2)
+        c.task.context_length = 32
+        c.optim.update(learning_rate=4e-4, warmup_steps=100, decay_steps=20_000,
+                       final_lr_fraction=0.1)
+        c.train.update(num_steps=4000, checkpoint_every=250, log_every=25, ema_decay=0.999)
+        c.grad_scale = 1.0
+        c.pre_encode = True
     return c

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs.train_common import (
+    TINY_TEXT,
+    TINY_UNET,
+    base_train_config,
+    model_entry,
+)
 from videomv_jax.diffusion.sampler import SamplerConfig
 
 NEGATIVE_PROMPT = ("Distorted, discontinuous, Ugly, blurry, low resolution, disfigured, "
@@ -48,4 +54,35 @@ def get_config() -> ml_collections.ConfigDict:
     c.elevation = 15.0
     c.distance = 2.0
     c.prompt_suffix = ", 3d asset"
+    return c
+
+
+def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
+    """Stage-1 text→MV fine-tuning (spec §7): eps loss on linear_sd, caption dropout 10 % to the
+    negative prompt, grey background, grad ×0.5 on the inherited spatial layers, AdamW 3e-5.
+
+    ``full``: the released UNet (``models.unet.checkpoint``: a converted unet-t2v directory),
+    frozen SD VAE and OpenCLIP text tower (converted directories), G-Objaverse at 256², batch 8,
+    bf16 compute with remat. ``tiny``: videomv-tiny on ``shapes`` at 64² from scratch (VAE from
+    ``configs/vae.py:tiny``'s export, text encoder trained jointly, a caption tokenizer)."""
+    c = base_train_config("unet", "text", preset)
+    c.grad_scale = 0.5
+    c.data.input = ml_collections.ConfigDict(dict(mode="t2mv", batch_size=8, resolution=256,
+                                                  seed=0))
+    if preset == "full":
+        c.models.unet = model_entry(overrides=dict(dtype="bfloat16", remat=True))
+        c.models.vae = model_entry()
+        c.models.text = model_entry()
+        c.task = ml_collections.ConfigDict(dict(train_text_encoder=False))
+    else:
+        c.data.input.update(batch_size=4, resolution=64)
+        c.models.unet = model_entry(config=dict(variant="text", **TINY_UNET), seed=0)
+        c.models.vae = model_entry(checkpoint="runs/export/vae")
+        c.models.text = model_entry(config=TINY_TEXT, seed=1)
+        c.tokenizer = "build"
+        c.task = ml_collections.ConfigDict(dict(train_text_encoder=True, context_length=32))
+        c.optim.update(learning_rate=4e-4, warmup_steps=100, decay_steps=20_000,
+                       final_lr_fraction=0.1)
+        c.train.update(num_steps=4000, checkpoint_every=250, log_every=25)
+        c.grad_scale = 1.0  # trained from scratch: nothing is inherited
     return c

@@ -1,0 +1,363 @@
+"""Build a training run from a config (``configs/t2mv.py``, ``i2mv.py``, ``recon.py``,
+``vae.py``: ``get_train_config(preset)``) and run it; export the trained models.
+
+Config layout (``ml_collections.ConfigDict``)::
+
+    stage        "unet" (stage 1) | "recon" (LGM: stage 2 or plain) | "vae"
+    variant      "text" | "image" (stage 1 / stage 2 conditioning)
+    workdir      run directory (checkpoints/, tensorboard/, config.json, export/)
+    data         name ("shapes" | "gobjaverse" | "synthetic"), path (a built TFDS folder, see
+                 tools/make_shapes.py), input (InputConfig fields)
+    models       per model name (unet, vae, text, vision, lgm): either ``checkpoint`` (a
+                 converted directory, e.g. from tools/convert_torch_weights.py or an earlier
+                 export) or ``config`` (a dict of the model config, random init with ``seed``)
+    tokenizer    a tokenizer directory, or "build" (a caption tokenizer built from the data)
+    task         task options (prediction, schedule, offset_noise, train_text_encoder, …)
+    optim        OptimConfig fields;  train: TrainConfig fields;  grad_scale (stage 1)
+    lpips        vgg16 / weights: paths of the public checkpoints (optional)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from videomv_jax.train.optim import OptimConfig
+from videomv_jax.train.trainer import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KINDS", "build_models", "build_run", "export_models", "make_batches", "train"]
+
+#: model name → converted-checkpoint kind (per stage-1 variant for the UNet)
+KINDS = {"vae": "vae", "text": "clip-text", "vision": "clip-vision", "lgm": "lgm"}
+
+
+def _kind(name: str, variant: str) -> str:
+    if name == "unet":
+        return "unet-t2v" if variant == "text" else "unet-i2v"
+    return KINDS[name]
+
+
+def _to_dict(x: Any) -> Any:
+    return x.to_dict() if isinstance(x, ml_collections.ConfigDict) else x
+
+
+def _random_model(kind: str, config: Any, seed: int) -> nnx.Module:
+    """A freshly initialised model, built by one jitted constructor (one compile instead of
+    one per parameter shape)."""
+    from videomv_jax.convert.registry import get_kind
+
+    k = get_kind(kind)
+    cls = k.model_cls()
+    return nnx.jit(lambda: cls(config, rngs=nnx.Rngs(seed)))()
+
+
+def build_models(cfg: ml_collections.ConfigDict, names: list[str]) -> dict[str, Any]:
+    """Load (``checkpoint``) or initialise (``config``) each named model; ``lpips`` from its
+    public checkpoints when ``cfg.lpips`` names them."""
+    from videomv_jax.convert.checkpoint import load_converted
+    from videomv_jax.convert.registry import get_kind
+
+    models: dict[str, Any] = {}
+    for name in names:
+        if name == "lpips":
+            models[name] = load_lpips_from_config(cfg)
+            continue
+        spec = cfg.models.get(name)
+        if spec is None:
+            raise ValueError(f"config.models.{name} is missing: give a converted checkpoint "
+                             f"directory (checkpoint=...) or a model config (config={{...}})")
+        kind = _kind(name, cfg.variant)
+        ckpt = spec.get("checkpoint", "") or ""
+        overrides = _to_dict(spec.get("overrides")) or {}
+        if ckpt:
+            model, _ = load_converted(ckpt, kind=kind)
+            if overrides:
+                model = _with_overrides(model, overrides)
+        else:
+            conf = spec.get("config")
+            if conf is None:
+                raise ValueError(f"config.models.{name} needs checkpoint or config")
+            model_cfg = get_kind(kind).config_from_dict({**_to_dict(conf), **overrides})
+            model = _random_model(kind, model_cfg, int(spec.get("seed", 0)))
+        models[name] = model
+    return models
+
+
+def _with_overrides(model: nnx.Module, overrides: Mapping[str, Any]) -> nnx.Module:
+    """The same parameters in a model built with config fields replaced (compute dtype, remat,
+    attention kernel: nothing that changes the parameter layout)."""
+    from videomv_jax.models import abstract_model
+
+    new_cfg = dataclasses.replace(model.config, **overrides)
+    new = abstract_model(type(model), new_cfg)
+    nnx.update(new, nnx.state(model))
+    return new
+
+
+def load_lpips_from_config(cfg: ml_collections.ConfigDict):
+    """LPIPS-VGG from ``cfg.lpips.vgg16`` + ``cfg.lpips.weights``, or None (with a message)."""
+    from videomv_jax.models.lpips import load_lpips, lpips_unavailable_reason
+
+    vgg, weights = cfg.lpips.get("vgg16", ""), cfg.lpips.get("weights", "")
+    reason = lpips_unavailable_reason(vgg or None, weights or None)
+    if reason is not None:
+        print(f"{reason}. Training without the LPIPS term.")
+        return None
+    return load_lpips(vgg, weights)
+
+
+def _captions(source, limit: int | None = None) -> list[str]:
+    n = len(source) if limit is None else min(limit, len(source))
+    out = []
+    for i in range(n):
+        c = source[i]["caption"]
+        out.append(c.decode() if isinstance(c, bytes) else str(c))
+    return out
+
+
+def make_tokenizer(cfg: ml_collections.ConfigDict, source) -> Any:
+    """The run's tokenizer: a directory, or ``"build"``: a caption tokenizer from the data
+    (written to ``workdir/tokenizer``)."""
+    from videomv_jax.data.pipeline import DEFAULT_NEGATIVE_PROMPT
+    from videomv_jax.data.vocab import build_caption_tokenizer
+    from videomv_jax.models.clip import load_tokenizer
+
+    spec = cfg.get("tokenizer", "") or ""
+    if spec == "build":
+        if source is None:
+            raise ValueError("tokenizer='build' needs a data set (not synthetic data)")
+        path = os.path.join(cfg.workdir, "tokenizer")
+        if not os.path.isfile(os.path.join(path, "vocab.json")):
+            texts = _captions(source) + [", 3d asset", DEFAULT_NEGATIVE_PROMPT]
+            n = build_caption_tokenizer(texts, path)
+            print(f"built a caption tokenizer with {n} tokens in {path}")
+        return load_tokenizer(path)
+    if spec:
+        return load_tokenizer(spec)
+    text = cfg.models.get("text")
+    if text is not None and text.get("checkpoint"):
+        return load_tokenizer(os.path.join(text.checkpoint, "tokenizer"))
+    return None
+
+
+def _task(cfg: ml_collections.ConfigDict, tokenizer: Any):
+    from videomv_jax.train.tasks import AutoencoderTask, ReconTask, Stage1Task
+
+    t = _to_dict(cfg.task)
+    if cfg.stage == "vae":
+        return AutoencoderTask(**t)
+    s1_keys = {f.name for f in dataclasses.fields(Stage1Task)} - {"variant", "tokenizer"}
+    s1_opts = {k: v for k, v in t.items() if k in s1_keys}
+    if cfg.stage == "unet":
+        return Stage1Task.for_variant(cfg.variant, tokenizer=tokenizer, **s1_opts)
+    if cfg.stage == "recon":
+        r_keys = {f.name for f in dataclasses.fields(ReconTask)} - {"stage1"}
+        r_opts = {k: v for k, v in t.items() if k in r_keys}
+        stage1 = None
+        if r_opts.get("source", "gt") == "unet":
+            stage1 = Stage1Task.for_variant(cfg.variant, tokenizer=tokenizer, **s1_opts)
+        return ReconTask(stage1=stage1, **r_opts)
+    raise ValueError(f"config.stage must be 'unet', 'recon' or 'vae', got {cfg.stage!r}")
+
+
+def make_batches(cfg: ml_collections.ConfigDict, source, sharding):
+    """``batches(start_step)`` over the configured data (or synthetic batches)."""
+    from videomv_jax.data.pipeline import InputConfig, InputPipeline, synthetic_batches
+
+    inp = InputConfig(**_to_dict(cfg.data.input))
+    if source is None:
+        def synthetic(start: int):
+            return synthetic_batches(inp, sharding=sharding)
+        return synthetic
+
+    def real(start: int):
+        return InputPipeline(source, inp, sharding=sharding, start_step=start)
+
+    return real
+
+
+def pre_encode(vae: nnx.Module, source, background: tuple[float, float, float],
+               resolution: int | None, path: str, chunk: int = 8) -> tuple[np.ndarray, ...]:
+    """Encode every example's 24 views (composited on ``background``, in [0, 1]) once with the
+    frozen VAE: scaled posterior means and standard deviations ``[N, F, h, w, 4]`` (float16 on
+    disk at ``path``, reused when present). Stage 1 then samples the posterior per step from
+    them instead of running the encoder in every step."""
+    from tqdm.auto import tqdm
+
+    from videomv_jax.data.gobjaverse import resize_views
+
+    if os.path.isfile(path):
+        with np.load(path) as z:
+            if len(z["mean"]) == len(source):
+                return z["mean"].astype(np.float32), z["std"].astype(np.float32)
+    scale = vae.config.scale_factor
+
+    @nnx.jit
+    def encode(model, x):
+        post = model.encode(x)
+        return post.mean * scale, post.std * scale
+
+    bg = np.asarray(background, np.float32)
+    means, stds = [], []
+    for start in tqdm(range(0, len(source), chunk), desc="pre-encoding latents", unit="batch"):
+        idx = list(range(start, min(start + chunk, len(source))))
+        views = np.stack([np.asarray(source[i]["views"]) for i in idx])  # uint8 premultiplied
+        if resolution is not None and views.shape[2] != resolution:
+            views = np.stack([resize_views(v, resolution) for v in views])
+        rgba = views.astype(np.float32) / 255.0
+        rgb = rgba[..., :3] + bg * (1.0 - rgba[..., 3:])
+        n, f = rgb.shape[:2]
+        x = jnp.asarray(rgb.reshape(n * f, *rgb.shape[2:]) * 2.0 - 1.0)
+        if n < chunk:  # one compiled shape
+            x = jnp.concatenate([x, jnp.zeros(((chunk - n) * f, *x.shape[1:]), x.dtype)])
+        m, sd = encode(vae, x)
+        means.append(np.asarray(m[:n * f]).reshape(n, f, *m.shape[1:]))
+        stds.append(np.asarray(sd[:n * f]).reshape(n, f, *sd.shape[1:]))
+    mean, std = np.concatenate(means), np.concatenate(stds)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    np.savez(path, mean=mean.astype(np.float16), std=std.astype(np.float16))
+    return mean, std
+
+
+def with_latents(batches, mean: np.ndarray, std: np.ndarray, key: str = "latents"):
+    """Attach pre-encoded latents to each batch by its ``index`` (rolled by ``shift`` like the
+    frames) plus the unshifted view-0 latent (``cond_<key>``). Single-process runs only."""
+    if jax.process_count() > 1:
+        raise ValueError("pre-encoded latents are host-gathered and need a single process; "
+                         "set task.pre_encode=False for multi-host runs")
+
+    def fn(start: int):
+        for b in batches(start):
+            idx = np.asarray(b["index"])
+            shift = np.asarray(b.get("shift", np.zeros(len(idx), np.int32)))
+            m, s = mean[idx], std[idx]
+            if shift.any():
+                m = np.stack([np.roll(r, k, axis=0) for r, k in zip(m, shift, strict=True)])
+                s = np.stack([np.roll(r, k, axis=0) for r, k in zip(s, shift, strict=True)])
+            out = dict(b)
+            out.update({key: m, f"{key}_std": s, f"cond_{key}": mean[idx][:, 0],
+                        f"cond_{key}_std": std[idx][:, 0]})
+            yield out
+
+    return fn
+
+
+BACKGROUNDS = {"grey": (128 / 255,) * 3, "white": (1.0, 1.0, 1.0)}
+
+
+def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
+    """(trainer, batches) for ``cfg``."""
+    from videomv_jax.data.pipeline import batch_sharding
+    from videomv_jax.train.grad_scale import grad_scale_tree
+
+    source = None
+    if cfg.data.name != "synthetic":
+        from videomv_jax.data.builders import load_source
+
+        if not cfg.data.path:
+            raise ValueError(f"config.data.path is empty: build the {cfg.data.name} data set "
+                             f"first (python tools/make_shapes.py ... --data-dir DIR) and pass "
+                             f"its versioned folder, or use data.name='synthetic'")
+        source = load_source(cfg.data.path)
+    tokenizer = make_tokenizer(cfg, source) if cfg.stage != "vae" else None
+    pre = bool(cfg.get("pre_encode", False)) and cfg.stage == "unet" and source is not None
+    if pre:
+        with cfg.unlocked():
+            cfg.task.latents_key = "latents"
+    task = _task(cfg, tokenizer)
+    names = list(dict.fromkeys(list(task.trainable) + list(task.frozen)))
+    models = build_models(cfg, names + (["vae"] if pre and "vae" not in names else []))
+    if "lpips" in names and models.get("lpips") is None:  # no weights: drop the term
+        task.use_lpips = False
+        task.__post_init__()
+        names.remove("lpips")
+    if getattr(task, "train_text_encoder", False) and tokenizer is not None:
+        vocab = len(tokenizer.get_vocab())
+        if models["text"].config.vocab_size < vocab:
+            raise ValueError(f"the text encoder's vocab_size {models['text'].config.vocab_size}"
+                             f" is smaller than the tokenizer's {vocab}")
+    tcfg = TrainConfig(workdir=cfg.workdir, **_to_dict(cfg.train))
+    trainer_models = {n: models[n] for n in names}
+    scales = None
+    if cfg.stage == "unet" and cfg.get("grad_scale", 1.0) != 1.0:
+        unet = models["unet"]
+        params = nnx.split(unet, nnx.Param, ...)[1].to_pure_dict()
+        scales = {"unet": grad_scale_tree(params, unet.config, cfg.grad_scale)}
+    trainer = Trainer(task, trainer_models, OptimConfig(**_to_dict(cfg.optim)), tcfg,
+                      grad_scales=scales, run_config=_to_dict(cfg))
+    sharding = batch_sharding(trainer.mesh)
+    batches = make_batches(cfg, source, sharding)
+    if pre:
+        from videomv_jax.data.pipeline import InputConfig
+
+        inp = InputConfig(**_to_dict(cfg.data.input))
+        if inp.background not in BACKGROUNDS:
+            raise ValueError(f"pre_encode needs a fixed background, got {inp.background!r}")
+        path = os.path.join(cfg.workdir, f"latents_{inp.background}_{inp.resolution}.npz")
+        mean, std = pre_encode(models["vae"], source, BACKGROUNDS[inp.background],
+                               inp.resolution, path)
+        batches = with_latents(batches, mean, std)
+    return trainer, batches
+
+
+def export_models(trainer: Trainer, cfg: ml_collections.ConfigDict, directory: str,
+                  use_ema: bool | None = None) -> list[str]:
+    """Write each trained model (EMA weights when the run keeps them) as a converted checkpoint
+    directory ``directory/<name>`` that :func:`load_converted` and the sampling pipeline read;
+    the text encoder also gets the run's tokenizer. Returns the written directories."""
+    from videomv_jax.convert.checkpoint import save_converted
+
+    use_ema = trainer.config.ema_decay is not None if use_ema is None else use_ema
+    models = trainer.models(use_ema=use_ema)
+    step = int(trainer.state.step)
+    written = []
+    for name in trainer.task.trainable:
+        model = models[name]
+        sub = {"text": "clip_text", "vision": "clip_vision"}.get(name, name)
+        out = os.path.join(directory, sub)
+        extra = []
+        if name == "text":
+            tok = os.path.join(cfg.workdir, "tokenizer")
+            if not os.path.isdir(tok) and cfg.get("tokenizer"):
+                tok = cfg.tokenizer
+            if os.path.isdir(tok):
+                extra.append((tok, "tokenizer"))
+        info = {"trained_by": "videomv_jax train.py", "stage": cfg.stage, "step": step,
+                "ema": bool(use_ema), "workdir": os.path.abspath(cfg.workdir)}
+        save_converted(out, _kind(name, cfg.variant), model.config, model, info, extra,
+                       overwrite=True)
+        written.append(out)
+    return written
+
+
+def train(cfg: ml_collections.ConfigDict, resume: bool = True,
+          export: str | None = None) -> dict[str, Any]:
+    """Build and run; export the trained models when ``export`` is given."""
+    trainer, batches = build_run(cfg)
+    summary = trainer.fit(batches, resume=resume)
+    if export:
+        summary["exported"] = export_models(trainer, cfg, export)
+    if jax.process_index() == 0:
+        with open(os.path.join(cfg.workdir, "summary.json"), "w") as fh:
+            json.dump(summary, fh, indent=2, default=_json_default)
+    return summary
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Mapping):
+        return dict(o)
+    return str(o)
