@@ -283,7 +283,7 @@ def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
         task.use_lpips = False
         task.__post_init__()
         names.remove("lpips")
-    if getattr(task, "train_text_encoder", False) and tokenizer is not None:
+    if "text" in models and tokenizer is not None:
         vocab = len(tokenizer.get_vocab())
         if models["text"].config.vocab_size < vocab:
             raise ValueError(f"the text encoder's vocab_size {models['text'].config.vocab_size}"
