@@ -56,7 +56,7 @@ def _randomize_zero_init(model, seed):
     rng = np.random.default_rng(seed)
     state = nnx.state(model, nnx.Param)
     flat = state.flat_state()
-    for path, var in flat:
+    for _path, var in flat:
         v = np.asarray(var.get_value())
         if not v.any():
             var.set_value(jnp.asarray(0.02 * rng.standard_normal(v.shape), v.dtype))
