@@ -380,7 +380,8 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
             "--workdir", str(tmp_path / "run"), "--export", str(tmp_path / "export"),
             "--set", "models.vae.config={'ch': 8, 'ch_mult': (1, 2), 'norm_groups': 4}",
             "--set", "data.input.batch_size=2", "--set", "data.input.resolution=16",
-            "--set", "train.progress=False", "--set", "optim.warmup_steps=0"]
+            "--set", "train.progress=False", "--set", "optim.warmup_steps=0",
+            "--set", "train.image_every=2", "--set", "train.log_every=1"]
     assert cli.main(argv + ["--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "steps 0→2" in out and "exported" in out
@@ -395,6 +396,18 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
     assert any(not np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["end_step"] == 3
+    # TensorBoard: scalars every step and an image grid at step 2
+    from tensorboardX.proto import event_pb2
+    tags = set()
+    for f in (tmp_path / "run" / "tensorboard").iterdir():
+        raw = f.read_bytes()
+        pos = 0
+        while pos < len(raw):  # TFRecord framing: len (8) + crc (4) + data + crc (4)
+            n = int.from_bytes(raw[pos:pos + 8], "little")
+            ev = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n])
+            pos += 16 + n
+            tags.update((v.tag, v.HasField("image")) for v in ev.summary.value)
+    assert ("train/loss", False) in tags and ("train/views", True) in tags, tags
     # bad input: a clear error, not a traceback
     assert cli.main(["--config", "vae", "--preset", "tiny", "--set", "train.nope=1"]) == 2
     assert "unknown key 'nope'" in capsys.readouterr().err

@@ -295,8 +295,16 @@ def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
         unet = models["unet"]
         params = nnx.split(unet, nnx.Param, ...)[1].to_pure_dict()
         scales = {"unet": grad_scale_tree(params, unet.config, cfg.grad_scale)}
+    image_fn = None
+    if tcfg.image_every and getattr(task, "has_images", False):
+        image_fn = task.images
+    elif tcfg.image_every and cfg.stage == "unet" and not pre:
+        image_fn = task.images  # needs the VAE, which stage 1 has unless latents are pre-encoded
+    elif tcfg.image_every:
+        print("note: no TensorBoard image grids for this run (stage 1 with pre-encoded latents "
+              "has no VAE in the step)")
     trainer = Trainer(task, trainer_models, OptimConfig(**_to_dict(cfg.optim)), tcfg,
-                      grad_scales=scales, run_config=_to_dict(cfg))
+                      grad_scales=scales, image_fn=image_fn, run_config=_to_dict(cfg))
     sharding = batch_sharding(trainer.mesh)
     batches = make_batches(cfg, source, sharding)
     if pre:

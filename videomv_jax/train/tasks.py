@@ -55,6 +55,14 @@ class Task:
              key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         raise NotImplementedError
 
+    #: whether :meth:`images` is implemented (TensorBoard image grids)
+    has_images: bool = False
+
+    def images(self, models: Mapping[str, Any], batch: Mapping[str, jax.Array],
+               key: jax.Array) -> jax.Array:
+        """[N, H, W, 3] in [0, 1] for TensorBoard (first example of the batch)."""
+        raise NotImplementedError
+
 
 def _mse(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)))
@@ -183,6 +191,31 @@ class Stage1Task(Task):
         return loss, {"loss": loss, "diffusion_mse": loss}
 
 
+def _stage1_images(task: Stage1Task, models, batch, key) -> jax.Array:
+    """Top row: the first example's views (ground truth); bottom row: the UNet's x̂0 from
+    t = 500, decoded (8 evenly spaced views)."""
+    k_lat, k_img, k_eps = jax.random.split(key, 3)
+    one = {k: v[:1] for k, v in batch.items() if hasattr(v, "shape")}
+    x0 = task.latents(models, one, k_lat)
+    t = jnp.full((1,), task.num_timesteps // 2, jnp.int32)
+    alpha = jnp.asarray(task._alphas)[t].reshape(1, 1, 1, 1, 1)
+    noise = jax.random.normal(k_eps, x0.shape, jnp.float32)
+    xt = q_sample(x0, noise, alpha)
+    cond = task.conditioning(models, one, k_img)
+    out = models["unet"](xt, t, cond["context"], one["camera"],
+                         image_latent=cond.get("image_latent"),
+                         image_embedding=cond.get("image_embedding"))
+    x0_hat = predict_x0(xt, out, alpha, task.prediction)
+    idx = jnp.linspace(0, x0.shape[1] - 1, min(8, x0.shape[1])).astype(jnp.int32)
+    vae = models["vae"]
+    pred = vae.decode_frames(x0_hat[:, idx])[0]
+    true = vae.decode_frames(x0[:, idx])[0]
+    return jnp.clip(jnp.concatenate([true, pred]) * 0.5 + 0.5, 0.0, 1.0)
+
+
+Stage1Task.images = _stage1_images
+
+
 @dataclasses.dataclass
 class ReconTask(Task):
     """LGM training (model ``lgm``): stage 2 on the frozen UNet's x̂0 (``source="unet"``,
@@ -211,6 +244,8 @@ class ReconTask(Task):
         if not 1 <= self.num_input_views <= self.num_supervised_views:
             raise ValueError("need 1 <= num_input_views <= num_supervised_views")
         self.trainable = ("lgm",)
+        self.has_images = True
+        self._want_images = False
         frozen = ["lpips"] if self.use_lpips else []
         if self.source == "unet":
             frozen = ["unet", "vae", *self.stage1.frozen, *frozen]
@@ -278,6 +313,8 @@ class ReconTask(Task):
         if gt_rgb.shape[2] != size:
             gt_rgb = jax.image.resize(gt_rgb, (*gt_rgb.shape[:2], size, size, 3), "bilinear")
             gt_alpha = jax.image.resize(gt_alpha, (*gt_alpha.shape[:2], size, size), "bilinear")
+        if self._want_images:
+            return jnp.concatenate([gt_rgb[0], jnp.clip(out.colors[0], 0.0, 1.0)]), {}
         mse_rgb = _mse(out.colors, gt_rgb)
         mse_alpha = _mse(out.alphas, gt_alpha)
         loss = mse_rgb + mse_alpha
@@ -309,6 +346,15 @@ class AutoencoderTask(Task):
     def __post_init__(self):
         self.trainable = ("vae",)
         self.frozen = ("lpips",) if self.use_lpips else ()
+        self.has_images = True
+
+    def images(self, models, batch, key):
+        """Top row: 8 views of the first example; bottom row: their reconstructions."""
+        frames = batch["frames"][0]
+        idx = jnp.linspace(0, frames.shape[0] - 1, min(8, frames.shape[0])).astype(jnp.int32)
+        x = frames[idx]
+        recon = models["vae"].decode(models["vae"].encode(x).mode())
+        return jnp.clip(jnp.concatenate([x, recon]) * 0.5 + 0.5, 0.0, 1.0)
 
     def loss(self, models, batch, key):
         k_pick, k_post = jax.random.split(key)
@@ -333,6 +379,20 @@ class AutoencoderTask(Task):
             metrics["lpips"] = lp
         metrics["loss"] = loss
         return loss, metrics
+
+
+def _recon_images(task: ReconTask, models, batch, key) -> jax.Array:
+    """Top row: the 8 supervised ground-truth views of the first example; bottom row: LGM's
+    renders of them."""
+    task._want_images = True
+    try:
+        one = {k: v[:1] for k, v in batch.items() if hasattr(v, "shape")}
+        return task.loss(models, one, key)[0]
+    finally:
+        task._want_images = False
+
+
+ReconTask.images = _recon_images
 
 
 def _lpips(model: Any, pred: jax.Array, gt: jax.Array, size: int | None) -> jax.Array:

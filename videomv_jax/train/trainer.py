@@ -475,8 +475,14 @@ class Trainer:
         if writer is None:
             return
         key = jax.random.fold_in(jax.random.key(self.config.seed), step)
+        if not hasattr(self, "_image_jit"):
+            def run(params, frozen, batch, key):
+                models = self._merge(params, frozen, jax.random.key_data(key))
+                return self.image_fn(models, batch, key)
+            self._image_jit = jax.jit(run)
         with jax.set_mesh(self.mesh):
-            grid = self.image_fn(self.models(), self.device_batch(batch), key)
+            grid = self._image_jit(self.state.params, self.frozen, self.device_batch(batch),
+                                   key)
         grid = np.clip(np.asarray(jax.device_get(grid)), 0.0, 1.0)
         writer.add_images("train/views", grid, step, dataformats="NHWC")
         writer.flush()
