@@ -35,7 +35,9 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
         c.models.lgm = model_entry(config=TINY_LGM, seed=0)
         c.task = ml_collections.ConfigDict(dict(source="gt", num_input_views=4,
                                                 num_supervised_views=8, fovy=39.6,
-                                                render_size=64, use_lpips=False))
+                                                render_size=64, use_lpips=False,
+                                                # 4096 Gaussians × 8 views × all 16 tiles
+                                                capacity_per_scene=4096 * 8 * 16))
         c.optim.update(learning_rate=1e-3, warmup_steps=50, decay_steps=20_000,
                        final_lr_fraction=0.1)
         c.train.update(num_steps=3000, checkpoint_every=250, log_every=25)

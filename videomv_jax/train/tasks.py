@@ -302,7 +302,10 @@ class ReconTask(Task):
 
         size = self.render_size or frames.shape[2]
         viewmats, ks = raster_cameras(take(poses, sup_idx), size, size, self.fovy)
-        capacity = (self.capacity_per_scene or 16 * lcfg.num_gaussians) * b
+        # default: every Gaussian may touch 16 tiles in each supervised view; an overflow
+        # poisons the renders with NaN, and the trainer then skips the step (and says so)
+        per_scene = self.capacity_per_scene or 16 * lcfg.num_gaussians * sup_idx.shape[1]
+        capacity = per_scene * b
         bg = batch["background"][:, None, :]
         out = rasterize(gaussians, viewmats, ks, size, size, background=bg,
                         settings=self.raster_settings, capacity=capacity)
