@@ -387,6 +387,14 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
     assert "steps 0→2" in out and "exported" in out
     vae, cfg = load_converted(tmp_path / "export" / "vae", kind="vae")
     assert cfg.ch == 8
+    from videomv_jax.convert.checkpoint import read_converted_config
+    from videomv_jax.pipeline import MultiViewPipeline
+    source = read_converted_config(tmp_path / "export" / "vae")["source"]
+    assert source["trained_by"] == "videomv_jax train.py" and source["step"] == 2
+    # a model we trained is not flagged as random weights by the sampling pipeline
+    pipe = MultiViewPipeline.__new__(MultiViewPipeline)
+    pipe.sources = {"vae": source, "unet": {"random": True}}
+    assert pipe.random_weights == ["unet"]
     first = jax.device_get(nnx.state(vae, nnx.Param))
     assert cli.main(argv + ["--steps", "3"]) == 0  # resumes at 2
     out = capsys.readouterr().out

@@ -280,9 +280,11 @@ class MultiViewPipeline:
 
     @property
     def random_weights(self) -> list[str]:
-        """Models whose ``config.json`` records no real converted source (e.g. test weights)."""
+        """Models whose ``config.json`` records neither a converted source checkpoint nor a
+        training run of ours (``train.py --export``), e.g. random test weights."""
         return sorted(k for k, s in self.sources.items()
-                      if not s or s.get("random") or not s.get("path", s.get("file")))
+                      if not s or s.get("random")
+                      or not (s.get("path", s.get("file")) or s.get("trained_by")))
 
     def sampler_config(self) -> SamplerConfig:
         d = dict(self.config.sampler.to_dict())
