@@ -471,3 +471,19 @@ def test_stage1_loss_is_the_released_objective(variant, tokenizer):
         np.testing.assert_array_equal(np.asarray(seen["image_embedding"]), 2.0)
     else:
         assert seen["image_latent"] is None
+
+
+def test_image_variant_prepares_its_clip_input_from_the_unshifted_view(tokenizer):
+    from videomv_jax.models.clip import preprocess
+
+    task = Stage1Task.for_variant("image", tokenizer=tokenizer, context_length=16,
+                                  clip_image_size=28)
+    assert task.prediction == "v" and task.offset_noise == 0.1 and task.schedule == "cosine"
+    assert set(task.frozen) == {"vae", "vision", "text"}
+    rng = np.random.default_rng(1)
+    cond = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    frames = rng.uniform(-1, 1, (2, 4, 16, 16, 3)).astype(np.float32)  # shifted: not view 0
+    out = task.prepare({"caption": ["", ""], "cond_image": cond, "frames": frames})
+    np.testing.assert_array_equal(out["clip_image"],
+                                  preprocess(cond * 0.5 + 0.5, crop_size=16, size=28))
+    assert out["tokens"].shape == (2, 16)
