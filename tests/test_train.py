@@ -419,6 +419,8 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
     # bad input: a clear error, not a traceback
     assert cli.main(["--config", "vae", "--preset", "tiny", "--set", "train.nope=1"]) == 2
     assert "unknown key 'nope'" in capsys.readouterr().err
+    assert cli.main(["--config", "vae", "--preset", "tiny", "--data", str(tmp_path)]) == 2
+    assert "not a built data set" in capsys.readouterr().err
 
 
 # ---- stage-1 objective, checked by hand ---------------------------------------------------------

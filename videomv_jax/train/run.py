@@ -270,6 +270,11 @@ def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
             raise ValueError(f"config.data.path is empty: build the {cfg.data.name} data set "
                              f"first (python tools/make_shapes.py ... --data-dir DIR) and pass "
                              f"its versioned folder, or use data.name='synthetic'")
+        if not os.path.isfile(os.path.join(cfg.data.path, "dataset_info.json")):
+            raise ValueError(f"config.data.path {cfg.data.path!r} is not a built data set "
+                             f"(no dataset_info.json): pass the versioned folder that "
+                             f"tools/make_shapes.py printed, e.g. "
+                             f"DATA/videomv_shapes/n3000_s0_r64/1.0.0")
         source = load_source(cfg.data.path)
     tokenizer = make_tokenizer(cfg, source) if cfg.stage != "vae" else None
     pre = bool(cfg.get("pre_encode", False)) and cfg.stage == "unet" and source is not None
