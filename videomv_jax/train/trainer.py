@@ -35,16 +35,14 @@ import optax
 from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
+from videomv_jax.data.pipeline import batch_sharding
 from videomv_jax.parallel.mesh import make_mesh, param_shardings
 from videomv_jax.train.optim import OptimConfig, make_optimizer
 from videomv_jax.train.tasks import Task, check_models
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NonFiniteError", "TrainConfig", "TrainState", "Trainer", "batch_sharding"]
-
-BATCH_AXES = ("data", "fsdp")
-
+__all__ = ["NonFiniteError", "TrainConfig", "TrainState", "Trainer"]
 
 class NonFiniteError(FloatingPointError):
     """Too many consecutive steps with a non-finite loss or gradient."""
@@ -95,11 +93,6 @@ class TrainState(struct.PyTreeNode):
     rng: jax.Array  # raw uint32 key data
     nonfinite_streak: jax.Array  # [] int32 consecutive skipped steps
     nonfinite_total: jax.Array  # [] int32
-
-
-def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
-    """Leading (batch) axis split over ``("data", "fsdp")``, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
 def _reseed(rest: Any, key_data: jax.Array) -> Any:
@@ -297,7 +290,7 @@ class Trainer:
                                                 "OUS"):
                 continue
             v = np.asarray(v)
-            out[k] = jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)
+            out[k] = jax.make_array_from_process_local_data(batch_sharding(self.mesh), v)
         return out
 
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
