@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = build_config(args)
-    except UsageError as e:
+    except (UsageError, ValueError) as e:  # bad --config / --preset / --set
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
