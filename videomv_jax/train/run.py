@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from videomv_jax.data.pipeline import GREY
 from videomv_jax.train.optim import OptimConfig
 from videomv_jax.train.trainer import TrainConfig, Trainer
 
@@ -197,6 +198,7 @@ def pre_encode(vae: nnx.Module, source, background: tuple[float, float, float],
     from tqdm.auto import tqdm
 
     from videomv_jax.data.gobjaverse import resize_views
+    from videomv_jax.data.pipeline import composite
 
     if os.path.isfile(path):
         with np.load(path) as z:
@@ -209,17 +211,15 @@ def pre_encode(vae: nnx.Module, source, background: tuple[float, float, float],
         post = model.encode(x)
         return post.mean * scale, post.std * scale
 
-    bg = np.asarray(background, np.float32)
     means, stds = [], []
     for start in tqdm(range(0, len(source), chunk), desc="pre-encoding latents", unit="batch"):
         idx = list(range(start, min(start + chunk, len(source))))
         views = np.stack([np.asarray(source[i]["views"]) for i in idx])  # uint8 premultiplied
         if resolution is not None and views.shape[2] != resolution:
             views = np.stack([resize_views(v, resolution) for v in views])
-        rgba = views.astype(np.float32) / 255.0
-        rgb = rgba[..., :3] + bg * (1.0 - rgba[..., 3:])
-        n, f = rgb.shape[:2]
-        x = jnp.asarray(rgb.reshape(n * f, *rgb.shape[2:]) * 2.0 - 1.0)
+        frames, _ = composite(views, background)  # in [-1, 1]
+        n, f = frames.shape[:2]
+        x = jnp.asarray(frames.reshape(n * f, *frames.shape[2:]))
         if n < chunk:  # one compiled shape
             x = jnp.concatenate([x, jnp.zeros(((chunk - n) * f, *x.shape[1:]), x.dtype)])
         m, sd = encode(vae, x)
@@ -254,7 +254,8 @@ def with_latents(batches, mean: np.ndarray, std: np.ndarray, key: str = "latents
     return fn
 
 
-BACKGROUNDS = {"grey": (128 / 255,) * 3, "white": (1.0, 1.0, 1.0)}
+#: the fixed backgrounds pre-encoding supports (the pipeline's grey 128 and white)
+BACKGROUNDS = {"grey": (GREY,) * 3, "white": (1.0, 1.0, 1.0)}
 
 
 def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:

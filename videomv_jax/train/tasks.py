@@ -170,22 +170,30 @@ class Stage1Task(Task):
             return mean
         return mean + std * jax.random.normal(key, mean.shape, mean.dtype)
 
+    def denoise(self, models: Mapping[str, Any], batch: Mapping[str, jax.Array],
+                x0: jax.Array, t: jax.Array, noise: jax.Array, key: jax.Array,
+                deterministic: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(x_t, ᾱ_t, UNet output) for clean latents ``x0`` noised with ``noise`` at ``t``,
+        conditioned as in training (``key`` drives the conditioning's posterior sample)."""
+        alpha = jnp.asarray(self._alphas)[t].reshape(-1, 1, 1, 1, 1)
+        xt = q_sample(x0, noise, alpha)
+        cond = self.conditioning(models, batch, key)
+        out = models["unet"](xt, t, cond["context"], batch["camera"],
+                             image_latent=cond.get("image_latent"),
+                             image_embedding=cond.get("image_embedding"),
+                             deterministic=deterministic)
+        return xt, alpha, out
+
     def loss(self, models, batch, key):
-        k_lat, k_img, k_t, k_eps, k_off, k_drop = jax.random.split(key, 6)
+        k_lat, k_img, k_t, k_eps, k_off, _ = jax.random.split(key, 6)
         x0 = self.latents(models, batch, k_lat)
         b = x0.shape[0]
         t = jax.random.randint(k_t, (b,), 0, self.num_timesteps)
-        alpha = jnp.asarray(self._alphas)[t].reshape(b, 1, 1, 1, 1)
         noise = jax.random.normal(k_eps, x0.shape, jnp.float32)
         if self.offset_noise:
             noise = noise + self.offset_noise * jax.random.normal(
                 k_off, (b, x0.shape[1], 1, 1, x0.shape[-1]), jnp.float32)
-        xt = q_sample(x0, noise, alpha)
-        cond = self.conditioning(models, batch, k_img)
-        out = models["unet"](xt, t, cond["context"], batch["camera"],
-                             image_latent=cond.get("image_latent"),
-                             image_embedding=cond.get("image_embedding"),
-                             deterministic=False)
+        _, alpha, out = self.denoise(models, batch, x0, t, noise, k_img, deterministic=False)
         target = noise if self.prediction == "eps" else v_target(x0, noise, alpha)
         loss = _mse(out, target)
         return loss, {"loss": loss, "diffusion_mse": loss}
@@ -198,13 +206,8 @@ def _stage1_images(task: Stage1Task, models, batch, key) -> jax.Array:
     one = {k: v[:1] for k, v in batch.items() if hasattr(v, "shape")}
     x0 = task.latents(models, one, k_lat)
     t = jnp.full((1,), task.num_timesteps // 2, jnp.int32)
-    alpha = jnp.asarray(task._alphas)[t].reshape(1, 1, 1, 1, 1)
     noise = jax.random.normal(k_eps, x0.shape, jnp.float32)
-    xt = q_sample(x0, noise, alpha)
-    cond = task.conditioning(models, one, k_img)
-    out = models["unet"](xt, t, cond["context"], one["camera"],
-                         image_latent=cond.get("image_latent"),
-                         image_embedding=cond.get("image_embedding"))
+    xt, alpha, out = task.denoise(models, one, x0, t, noise, k_img)
     x0_hat = predict_x0(xt, out, alpha, task.prediction)
     idx = jnp.linspace(0, x0.shape[1] - 1, min(8, x0.shape[1])).astype(jnp.int32)
     vae = models["vae"]
@@ -255,24 +258,17 @@ class ReconTask(Task):
         return self.stage1.prepare(batch) if self.source == "unet" else {}
 
     def _views(self, models, batch, key) -> jax.Array:
-        """[B, F, H, W, 3] in [0, 1]: ground truth or the frozen UNet's decoded x̂0."""
-        gt = batch["frames"] * 0.5 + 0.5
+        """``source="gt"``: the ground-truth views [B, F, H, W, 3] in [0, 1]; ``"unet"``: the
+        frozen UNet's x̂0 *latents* [B, F, h, w, 4] (decoded per selected view in loss())."""
         if self.source == "gt":
-            return gt
+            return batch["frames"] * 0.5 + 0.5
         s1 = self.stage1
         k_lat, k_img, k_t, k_eps = jax.random.split(key, 4)
         x0 = s1.latents(models, batch, k_lat)
-        b = x0.shape[0]
-        t = jax.random.randint(k_t, (b,), 0, s1.num_timesteps)
-        alpha = jnp.asarray(s1._alphas)[t].reshape(b, 1, 1, 1, 1)
+        t = jax.random.randint(k_t, (x0.shape[0],), 0, s1.num_timesteps)
         noise = jax.random.normal(k_eps, x0.shape, jnp.float32)
-        cond = s1.conditioning(models, batch, k_img)
-        out = models["unet"](q_sample(x0, noise, alpha), t, cond["context"], batch["camera"],
-                             image_latent=cond.get("image_latent"),
-                             image_embedding=cond.get("image_embedding"))
-        x0_hat = jax.lax.stop_gradient(predict_x0(q_sample(x0, noise, alpha), out, alpha,
-                                                  s1.prediction))
-        return x0_hat  # latents; decoded per selected view in loss()
+        xt, alpha, out = s1.denoise(models, batch, x0, t, noise, k_img)
+        return jax.lax.stop_gradient(predict_x0(xt, out, alpha, s1.prediction))
 
     def loss(self, models, batch, key):
         k_views, k_perm = jax.random.split(key)

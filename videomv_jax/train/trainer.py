@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from videomv_jax.data.pipeline import batch_sharding
 from videomv_jax.parallel.mesh import make_mesh, param_shardings
-from videomv_jax.train.optim import OptimConfig, make_optimizer
+from videomv_jax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from videomv_jax.train.tasks import Task, check_models
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,6 @@ class Trainer:
         counts = [s.count for s in jax.tree.leaves(
             opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
             if isinstance(s, optax.ScaleByScheduleState)]
-        from videomv_jax.train.optim import learning_rate_schedule
         return learning_rate_schedule(self.optim)(counts[0]) if counts else jnp.float32(0)
 
     def device_batch(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
