@@ -162,3 +162,25 @@ def test_bad_primitive():
         Primitive("pyramid", "red", (0, 0, 0), (0.1, 0.1, 0.1))
     with pytest.raises(ValueError):
         Primitive("sphere", "teal", (0, 0, 0), (0.1, 0.1, 0.1))
+
+
+def test_max_objects_and_fit_radius():
+    # the defaults are the historical generator: same scene for the same seed
+    for seed in range(5):
+        assert random_scene(seed) == random_scene(seed, 3, None)
+    counts = set()
+    for seed in range(40):
+        scene = random_scene(seed, max_objects=2, fit_radius=0.5)
+        counts.add(len(scene.primitives))
+        lo = np.min([p.bounds()[0] for p in scene.primitives], axis=0)
+        hi = np.max([p.bounds()[1] for p in scene.primitives], axis=0)
+        # bounding box centred on the origin, its circumscribed sphere of radius 0.5
+        np.testing.assert_allclose((lo + hi) / 2, 0.0, atol=1e-12)
+        assert np.linalg.norm(hi - lo) / 2 == pytest.approx(0.5, rel=1e-12)
+        assert "small" not in scene.caption and "large" not in scene.caption
+        assert np.all(lo >= -0.5) and np.all(hi <= 0.5)
+    assert counts == {1, 2}
+    with pytest.raises(ValueError, match="max_objects"):
+        random_scene(0, max_objects=4)
+    with pytest.raises(ValueError, match="fit_radius"):
+        random_scene(0, fit_radius=0.9)

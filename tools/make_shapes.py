@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-offset", type=int, default=0, help="seed of the first object")
     s.add_argument("--elevation-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="per-object orbit elevation drawn in [LO, HI] degrees (default: 15)")
+    s.add_argument("--max-objects", type=int, default=3, choices=(1, 2, 3),
+                   help="at most this many primitives per scene (default: 3)")
+    s.add_argument("--fit-radius", type=float, default=None,
+                   help="recentre and scale every scene to this bounding radius (at most 0.5; "
+                        "drops size words from captions; videomv-tiny uses 0.5)")
     g = p.add_argument_group("G-Objaverse")
     g.add_argument("--gobjaverse-root", default=None, help="root of the G-Objaverse renders")
     g.add_argument("--captions", default=None, help="captions JSON keyed by 'dir/id'")
@@ -85,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         name = "shapes"
         config.update(num_objects=args.num_objects, seed_offset=args.seed_offset,
-                      resolution=args.resolution or 64,
+                      resolution=args.resolution or 64, max_objects=args.max_objects,
+                      fit_radius=args.fit_radius,
                       elevation_range=None if args.elevation_range is None
                       else tuple(args.elevation_range))
     try:

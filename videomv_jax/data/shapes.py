@@ -149,17 +149,26 @@ def _phrase(p: Primitive, size_word: str) -> str:
     return ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
 
 
-def random_scene(seed: int) -> Scene:
-    """Random scene of one to three primitives, deterministic in ``seed``.
+def random_scene(seed: int, max_objects: int = 3, fit_radius: float | None = None) -> Scene:
+    """Random scene of one to ``max_objects`` (1–3) primitives, deterministic in ``seed``.
 
     Layout "on" stacks the primitives centred on the z axis (caption lists top to bottom: "a
     red cube on a blue sphere"); "next to" puts them in a row along x or y on a common ground
     ("a red cube next to a blue sphere"; three: "a A, a B and a C side by side"). Size words
     "small" / "large" are added for half sizes below 0.15 / above 0.25 (before any rescale
     to fit, which only shrinks multi-object scenes). Everything lies inside [-0.5, 0.5]^3.
+
+    ``fit_radius`` (videomv-tiny's data) then recentres the scene's bounding box on the origin
+    and scales it so that the box's circumscribed sphere has that radius: every scene fills
+    the orbit's views alike, so the size words are dropped from the caption.
     """
+    if max_objects not in (1, 2, 3):
+        raise ValueError(f"max_objects must be 1, 2 or 3, got {max_objects!r}")
+    if fit_radius is not None and not 0 < fit_radius <= 0.5:
+        raise ValueError(f"fit_radius must be in (0, 0.5] (the scene stays inside the unit "
+                         f"cube), got {fit_radius!r}")
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 4))
+    n = int(rng.integers(1, max_objects + 1))
     kinds = [str(k) for k in rng.choice(KINDS, size=n)]
     colors = [str(c) for c in rng.choice(sorted(PALETTE), size=n, replace=False)]
     sizes = rng.uniform(0.1, 0.32, size=n)
@@ -195,6 +204,12 @@ def random_scene(seed: int) -> Scene:
             centers[i, axis] = pos + he[i, axis]
             centers[i, 2] = ground + he[i, 2]
             pos += 2 * he[i, axis] + gap
+
+    if fit_radius is not None:
+        lo, hi = (centers - he).min(0), (centers + he).max(0)
+        k = fit_radius / (0.5 * float(np.linalg.norm(hi - lo)))
+        centers, he, tubes = (centers - 0.5 * (lo + hi)) * k, he * k, tubes * k
+        size_words = [""] * n
 
     prims = tuple(
         Primitive(
