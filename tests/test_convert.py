@@ -258,6 +258,18 @@ def test_save_load_roundtrip(tmp_path):
     out2 = save_converted(tmp_path / "conv2", TOY_REF, cfg, nnx.state(ref, nnx.Param), {})
     m2, _ = load_converted(out2, kind=TOY_REF)
     np.testing.assert_array_equal(np.asarray(forward(m2, x)), np.asarray(forward(ref, x)))
+    # float16 storage (the packaged videomv-tiny): half the bytes, loaded back as float32
+    # holding exactly the float16-rounded values
+    out3 = save_converted(tmp_path / "conv3", TOY_REF, cfg, params, {}, storage_dtype="float16")
+    assert json.loads((out3 / "config.json").read_text())["storage_dtype"] == "float16"
+    m3, _ = load_converted(out3)
+    for path, value in abstract_params(ref).items():
+        got = np.asarray(abstract_params(m3)[path])
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, np.asarray(value).astype(np.float16)
+                                      .astype(np.float32))
+    with pytest.raises(ValueError, match="floating"):
+        save_converted(tmp_path / "conv4", TOY_REF, cfg, params, {}, storage_dtype="int8")
 
 
 def test_save_and_load_errors(tmp_path):

@@ -24,6 +24,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -140,6 +141,7 @@ def save_converted(
     *,
     overwrite: bool = False,
     check: bool = True,
+    storage_dtype: str | None = None,
 ) -> FsPath:
     """Write a converted-model directory (layout in the module docstring); returns its path.
 
@@ -147,6 +149,9 @@ def save_converted(
     Module (its ``nnx.Param`` values). Prefer jax arrays (e.g. on ``jax.devices("cpu")[0]``, as
     :func:`~videomv_jax.convert.registry.convert_source` makes with ``device=``): orbax stages
     numpy leaves through a full extra host copy, jax arrays only in bounded batches.
+    ``storage_dtype`` (e.g. ``"float16"``) stores the floating-point parameters in that dtype
+    (half the bytes; the packaged videomv-tiny uses it); :func:`load_converted` casts them back
+    to the dtype of the model the config builds.
     ``extra_files``: paths (copied under their base name; directories recursively) or
     ``(path, name)`` pairs. ``check`` compares the parameter layout with the model that
     ``config`` builds (abstractly) first, so that a saved directory always loads.
@@ -159,6 +164,13 @@ def save_converted(
         raise ConvertedCheckpointError(f"config is a {type(config).__name__}, but a {k.name!r} "
                                        f"model needs a {cfg_cls.__name__}")
     flat = _flat_params(params)
+    if storage_dtype is not None:
+        dt = jnp.dtype(storage_dtype)
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise ValueError(f"storage_dtype must be a floating dtype, got {storage_dtype!r}")
+        flat = {p: (jnp.asarray(v).astype(dt) if jnp.issubdtype(jnp.asarray(v).dtype,
+                                                                jnp.floating) else v)
+                for p, v in flat.items()}
     if check:
         from videomv_jax.convert.base import abstract_params
 
@@ -202,6 +214,8 @@ def save_converted(
         "extra_files": [name for _, name in extras],
         "num_params": int(sum(int(np.prod(np.shape(v))) for v in flat.values())),
     }
+    if storage_dtype is not None:
+        meta["storage_dtype"] = jnp.dtype(storage_dtype).name
     tmp = out / (CONFIG_FILE + ".tmp")
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=False, default=str)
