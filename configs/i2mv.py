@@ -52,15 +52,17 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
         c.models.vision = model_entry()
     else:
         c.data.input.update(batch_size=4, resolution=64)
+        # started from the tiny text UNet: only the image-conditioning layers start random
         c.models.unet = model_entry(config=dict(variant="image", image_embed_dim=64,
-                                                **TINY_UNET), seed=0)
-        c.models.vae = model_entry(checkpoint="runs/export/vae")
-        c.models.text = model_entry(checkpoint="runs/export/clip_text")
+                                                **TINY_UNET), seed=0,
+                                    init_from="runs/tiny/unet")
+        c.models.vae = model_entry(checkpoint="runs/tiny/vae")
+        c.models.text = model_entry(checkpoint="runs/tiny/clip_text")
         c.models.vision = model_entry(config=TINY_VISION, seed=2)
         c.task.context_length = 32
-        c.optim.update(learning_rate=4e-4, warmup_steps=100, decay_steps=20_000,
+        c.optim.update(learning_rate=3e-4, warmup_steps=100, decay_steps=2500,
                        final_lr_fraction=0.1)
-        c.train.update(num_steps=4000, checkpoint_every=250, log_every=25, ema_decay=0.999)
+        c.train.update(num_steps=2500, checkpoint_every=250, log_every=25, ema_decay=0.999)
         c.grad_scale = 1.0
         c.pre_encode = True
     return c

@@ -77,12 +77,12 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
     else:
         c.data.input.update(batch_size=4, resolution=64)
         c.models.unet = model_entry(config=dict(variant="text", **TINY_UNET), seed=0)
-        c.models.vae = model_entry(checkpoint="runs/export/vae")
+        c.models.vae = model_entry(checkpoint="runs/tiny/vae")
         c.models.text = model_entry(config=TINY_TEXT, seed=1)
         c.tokenizer = "build"
         c.task = ml_collections.ConfigDict(dict(train_text_encoder=True, context_length=32))
-        c.optim.update(learning_rate=4e-4, warmup_steps=100, decay_steps=20_000,
+        c.optim.update(learning_rate=4e-4, warmup_steps=100, decay_steps=5000,
                        final_lr_fraction=0.1)
-        c.train.update(num_steps=4000, checkpoint_every=250, log_every=25)
+        c.train.update(num_steps=5000, checkpoint_every=250, log_every=25, ema_decay=0.999)
         c.grad_scale = 1.0  # trained from scratch: nothing is inherited
     return c

@@ -40,6 +40,7 @@ def base_train_config(stage: str, variant: str, preset: str) -> ml_collections.C
     c.task = ml_collections.ConfigDict()
     c.optim = ml_collections.ConfigDict(dict(learning_rate=3e-5, warmup_steps=10,
                                              decay_steps=1_000_000, weight_decay=0.0))
+    c.optim.clip_grad_norm = ml_collections.FieldReference(None, field_type=float)
     c.train = ml_collections.ConfigDict(dict(
         num_steps=100_000 if preset == "full" else 3000, seed=0, log_every=10,
         image_every=0, checkpoint_every=500, keep_checkpoints=3, async_checkpointing=True,
@@ -53,10 +54,12 @@ def base_train_config(stage: str, variant: str, preset: str) -> ml_collections.C
 
 
 def model_entry(checkpoint: str = "", config: dict | None = None, seed: int = 0,
-                overrides: dict | None = None) -> ml_collections.ConfigDict:
+                overrides: dict | None = None, init_from: str = "") -> ml_collections.ConfigDict:
     """One model: a converted ``checkpoint`` directory, or a ``config`` dict (random init from
-    ``seed``); ``overrides``: config fields changed after loading (dtype, remat, attention)."""
-    d = dict(checkpoint=checkpoint, seed=seed, overrides=dict(overrides or {}))
+    ``seed``, then ``init_from``'s parameters wherever path and shape agree); ``overrides``:
+    config fields changed after loading (dtype, remat, attention)."""
+    d = dict(checkpoint=checkpoint, seed=seed, overrides=dict(overrides or {}),
+             init_from=init_from)
     if config is not None:
         d["config"] = config
     return ml_collections.ConfigDict(d)

@@ -489,3 +489,43 @@ def test_image_variant_prepares_its_clip_input_from_the_unshifted_view(tokenizer
     np.testing.assert_array_equal(out["clip_image"],
                                   preprocess(cond * 0.5 + 0.5, crop_size=16, size=28))
     assert out["tokens"].shape == (2, 16)
+
+
+def test_init_from_copies_matching_params_and_extends_input_channels(tmp_path):
+    """The image UNet started from a text UNet (videomv-tiny's i2mv recipe): every parameter
+    with the same path and shape is copied, the first conv keeps the text UNet's weights for
+    the noisy-latent channels and zeros for the new image channels, the image-conditioning
+    layers stay as initialised."""
+    from videomv_jax.convert.checkpoint import save_converted
+    from videomv_jax.models.unet3d import UNet3D
+    from videomv_jax.train.run import init_partial
+
+    text = _randomize_zero_init(_build(UNet3D, UNET_CFG, 0), 1)
+    save_converted(tmp_path / "t2v", "unet-t2v", UNET_CFG, text, {"random": True})
+    image_cfg = dataclasses.replace(UNET_CFG, variant="image", image_embed_dim=16)
+    image = _build(UNet3D, image_cfg, 3)
+    before = {tuple(p): np.asarray(v.get_value())
+              for p, v in nnx.to_flat_state(nnx.state(image, nnx.Param))}
+    info = init_partial(image, str(tmp_path / "t2v"))
+    src = {tuple(p): np.asarray(v.get_value())
+           for p, v in nnx.to_flat_state(nnx.state(text, nnx.Param))}
+    after = {tuple(p): np.asarray(v.get_value())
+             for p, v in nnx.to_flat_state(nnx.state(image, nnx.Param))}
+    first = ("input_blocks", 0, 0, "kernel")
+    assert src[first].shape[-2] == 4 and after[first].shape[-2] > 4
+    np.testing.assert_array_equal(after[first][..., :4, :], src[first])
+    assert not after[first][..., 4:, :].any()
+    copied = 0
+    for path, value in after.items():
+        if path == first:
+            continue
+        if path in src and src[path].shape == value.shape:
+            np.testing.assert_array_equal(value, src[path])
+            copied += 1
+        else:
+            np.testing.assert_array_equal(value, before[path])  # left as initialised
+    assert copied == len(info["copied"]) - 1 and info["kept"]
+    assert all(not k.startswith("input_blocks/0/0") for k in info["kept"])
+    save_converted(tmp_path / "lgm", "lgm", LGM_CFG, _build(LGM, LGM_CFG, 0), {"random": True})
+    with pytest.raises(ValueError, match="shares no parameter"):
+        init_partial(image, str(tmp_path / "lgm"))

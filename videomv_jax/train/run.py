@@ -10,7 +10,10 @@ Config layout (``ml_collections.ConfigDict``)::
                  tools/make_shapes.py), input (InputConfig fields)
     models       per model name (unet, vae, text, vision, lgm): either ``checkpoint`` (a
                  converted directory, e.g. from tools/convert_torch_weights.py or an earlier
-                 export) or ``config`` (a dict of the model config, random init with ``seed``)
+                 export) or ``config`` (a dict of the model config, random init with ``seed``);
+                 ``init_from`` (with ``config``): a converted directory whose parameters
+                 replace the random ones wherever path and shape agree (e.g. the image UNet
+                 started from the text UNet: only the new conditioning layers stay random)
     tokenizer    a tokenizer directory, or "build" (a caption tokenizer built from the data)
     task         task options (prediction, schedule, offset_noise, train_text_encoder, …)
     optim        OptimConfig fields;  train: TrainConfig fields;  grad_scale (stage 1)
@@ -92,8 +95,53 @@ def build_models(cfg: ml_collections.ConfigDict, names: list[str]) -> dict[str, 
                 raise ValueError(f"config.models.{name} needs checkpoint or config")
             model_cfg = get_kind(kind).config_from_dict({**_to_dict(conf), **overrides})
             model = _random_model(kind, model_cfg, int(spec.get("seed", 0)))
+            if spec.get("init_from", ""):
+                init_partial(model, spec.init_from)
         models[name] = model
     return models
+
+
+def init_partial(model: nnx.Module, directory: str) -> dict[str, list[str]]:
+    """Copy the parameters of the converted model in ``directory`` into ``model`` wherever the
+    path and shape agree (any kind: e.g. unet-t2v into a unet-i2v). Returns and logs the
+    ``copied`` / ``kept`` (random: absent or reshaped in the source) / ``unused`` paths;
+    refuses a source that shares no parameter with the model."""
+    from videomv_jax.convert.checkpoint import load_converted
+
+    src, _ = load_converted(directory)
+    have = {tuple(p): v for p, v in nnx.to_flat_state(nnx.state(src, nnx.Param))}
+    state = nnx.state(model, nnx.Param)
+    copied, kept = [], []
+    for path, var in nnx.to_flat_state(state):
+        key = tuple(path)
+        name = "/".join(str(k) for k in key)
+        other = have.get(key)
+        mine = var.get_value()
+        theirs = None if other is None else other.get_value()
+        if theirs is not None and theirs.shape == mine.shape:
+            var.set_value(jnp.asarray(theirs, mine.dtype))
+            copied.append(name)
+        elif (theirs is not None and theirs.ndim == mine.ndim >= 3
+              and theirs.shape[:-2] + theirs.shape[-1:] == mine.shape[:-2] + mine.shape[-1:]
+              and theirs.shape[-2] < mine.shape[-2]):
+            # a conv kernel that gained input channels (the image UNet's first conv sees the
+            # noisy latent, then the image features): the old channels keep their weights,
+            # the new ones start at zero, so the copied model's function is unchanged
+            new = jnp.zeros_like(mine).at[..., :theirs.shape[-2], :].set(
+                jnp.asarray(theirs, mine.dtype))
+            var.set_value(new)
+            copied.append(name + " (input channels extended with zeros)")
+        else:
+            kept.append(name)
+    if not copied:
+        raise ValueError(f"init_from {directory!r} shares no parameter (path and shape) with "
+                         f"the model; is it the right kind?")
+    ours = {tuple(p) for p, _ in nnx.to_flat_state(state)}
+    unused = sorted("/".join(str(k) for k in p) for p in have if p not in ours)
+    nnx.update(model, state)
+    log.info("init_from %s: %d parameter arrays copied, %d kept as initialised (%s), %d unused",
+             directory, len(copied), len(kept), ", ".join(kept), len(unused))
+    return {"copied": copied, "kept": kept, "unused": unused}
 
 
 def _with_overrides(model: nnx.Module, overrides: Mapping[str, Any]) -> nnx.Module:
@@ -283,12 +331,16 @@ def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
         with cfg.unlocked():
             cfg.task.latents_key = "latents"
     task = _task(cfg, tokenizer)
+    t_cfg = _to_dict(cfg.task)
     names = list(dict.fromkeys(list(task.trainable) + list(task.frozen)))
     models = build_models(cfg, names + (["vae"] if pre and "vae" not in names else []))
     if "lpips" in names and models.get("lpips") is None:  # no weights: drop the term
         task.use_lpips = False
         task.__post_init__()
         names.remove("lpips")
+    if "vision" in models and hasattr(task, "clip_image_size") and "clip_image_size" not in t_cfg:
+        # the vision tower's own input size (224 for ViT-H-14; the tiny tower is smaller)
+        task.clip_image_size = int(models["vision"].config.image_size)
     if "text" in models and tokenizer is not None:
         vocab = len(tokenizer.get_vocab())
         if models["text"].config.vocab_size < vocab:
@@ -337,7 +389,11 @@ def export_models(trainer: Trainer, cfg: ml_collections.ConfigDict, directory: s
     models = trainer.models(use_ema=use_ema)
     step = int(trainer.state.step)
     written = []
-    for name in trainer.task.trainable:
+    # frozen models that the run initialised itself (e.g. videomv-tiny's random vision tower)
+    # are part of what was trained against, so they are exported too
+    random_frozen = [n for n in trainer.task.frozen if n != "lpips" and n in cfg.models
+                     and not cfg.models[n].get("checkpoint", "") and n in models]
+    for name in list(trainer.task.trainable) + random_frozen:
         model = models[name]
         sub = {"text": "clip_text", "vision": "clip_vision"}.get(name, name)
         out = os.path.join(directory, sub)
@@ -350,6 +406,10 @@ def export_models(trainer: Trainer, cfg: ml_collections.ConfigDict, directory: s
                 extra.append((tok, "tokenizer"))
         info = {"trained_by": "videomv_jax train.py", "stage": cfg.stage, "step": step,
                 "ema": bool(use_ema), "workdir": os.path.abspath(cfg.workdir)}
+        if name in random_frozen:
+            info.update(ema=False, frozen=True,
+                        init=f"random (seed {int(cfg.models[name].get('seed', 0))}), frozen "
+                             f"while the other models trained against it")
         save_converted(out, _kind(name, cfg.variant), model.config, model, info, extra,
                        overwrite=True)
         written.append(out)
