@@ -60,9 +60,9 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
         c.models.text = model_entry(checkpoint="runs/tiny/clip_text")
         c.models.vision = model_entry(config=TINY_VISION, seed=2)
         c.task.context_length = 32
-        c.optim.update(learning_rate=3e-4, warmup_steps=100, decay_steps=2500,
+        c.optim.update(learning_rate=3e-4, warmup_steps=100, decay_steps=1500,
                        final_lr_fraction=0.1)
-        c.train.update(num_steps=2500, checkpoint_every=250, log_every=25, ema_decay=0.999)
+        c.train.update(num_steps=1500, checkpoint_every=250, log_every=25, ema_decay=0.999)
         c.grad_scale = 1.0
         c.pre_encode = True
     return c

@@ -85,4 +85,5 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
                        final_lr_fraction=0.1)
         c.train.update(num_steps=5000, checkpoint_every=250, log_every=25, ema_decay=0.999)
         c.grad_scale = 1.0  # trained from scratch: nothing is inherited
+        c.pre_encode = True  # the frozen VAE encodes the data set once, not in every step
     return c

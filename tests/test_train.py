@@ -231,6 +231,23 @@ def test_resume_refuses_a_checkpoint_of_another_task(stage1, tmp_path):
         trainer.restore()
 
 
+def test_ema_warmup():
+    """EMA with warm-up: decay min(0.99, (1 + k) / (10 + k)) at step k (0.1, then 2/11, ...);
+    without warm-up the plain decay."""
+    from videomv_jax.train.trainer import ema_update
+
+    rng = np.random.default_rng(0)
+    p = [{"w": rng.standard_normal(5).astype(np.float32)} for _ in range(3)]
+    ema = ema_update(p[0], p[1], 0.99, 0)
+    ema = ema_update(ema, p[2], 0.99, 1)
+    want = (2 / 11) * (0.1 * p[0]["w"] + 0.9 * p[1]["w"]) + (9 / 11) * p[2]["w"]
+    np.testing.assert_allclose(ema["w"], want, rtol=1e-6)
+    late = ema_update(p[0], p[1], 0.99, 10_000)  # (1 + k)/(10 + k) > 0.99: the plain decay
+    np.testing.assert_allclose(late["w"], 0.99 * p[0]["w"] + 0.01 * p[1]["w"], rtol=1e-6)
+    plain = ema_update(p[0], p[1], 0.99, 0, warmup=False)
+    np.testing.assert_allclose(plain["w"], 0.99 * p[0]["w"] + 0.01 * p[1]["w"], rtol=1e-6)
+
+
 # ---- stage 2 / plain LGM --------------------------------------------------------------------
 
 

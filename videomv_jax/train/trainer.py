@@ -42,17 +42,32 @@ from videomv_jax.train.tasks import Task, check_models
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NonFiniteError", "TrainConfig", "TrainState", "Trainer"]
+__all__ = ["NonFiniteError", "TrainConfig", "TrainState", "Trainer", "ema_update"]
 
 class NonFiniteError(FloatingPointError):
     """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+def ema_update(ema: Any, params: Any, decay: float, step: jax.Array | int,
+               warmup: bool = True) -> Any:
+    """One EMA step at optimizer step ``step`` (0-based): ``d·ema + (1 − d)·params`` with
+    ``d = min(decay, (1 + step) / (10 + step))`` under ``warmup``, else ``decay``."""
+    d = jnp.asarray(decay, jnp.float32)
+    if warmup:
+        k = jnp.asarray(step, jnp.float32)
+        d = jnp.minimum(d, (1.0 + k) / (10.0 + k))
+    return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Loop settings. ``workdir`` holds ``checkpoints/``, ``tensorboard/`` and ``config.json``.
     ``mesh_data`` / ``mesh_fsdp``: mesh sizes (one may be -1 = the remaining devices);
-    ``checkpoint_every`` 0 disables periodic saves (the final and SIGTERM saves remain)."""
+    ``checkpoint_every`` 0 disables periodic saves (the final and SIGTERM saves remain).
+    ``ema_decay``: keep an exponential moving average of the parameters; with ``ema_warmup``
+    the decay at step ``k`` is ``min(ema_decay, (1 + k) / (10 + k))``, so that the average
+    forgets the random initialisation early (plain 0.999 still holds 16 % of it after 1,800
+    steps, which made videomv-tiny's early EMA weights useless)."""
 
     workdir: str
     num_steps: int
@@ -63,6 +78,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
     ema_decay: float | None = None
+    ema_warmup: bool = True
     max_consecutive_nonfinite: int = 10
     mesh_data: int = -1
     mesh_fsdp: int = 1
@@ -216,8 +232,8 @@ class Trainer:
             opt_state = keep(new_opt, state.opt_state)
             ema = state.ema
             if ema is not None:
-                d = cfg.ema_decay
-                ema = keep(jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params), ema)
+                ema = keep(ema_update(ema, params, cfg.ema_decay, state.step, cfg.ema_warmup),
+                           ema)
             streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
             metrics = dict(metrics)
             metrics.update(finite=finite, nonfinite_streak=streak,
