@@ -110,7 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _add_fit(c, "auto")
 
     s = sub.add_parser("shapes", help="held-out shapes scenes: generate, score, compare")
-    s.add_argument("--checkpoint-dir", required=True, help="converted/trained models")
+    s.add_argument("--checkpoint-dir", help="converted/trained models (default: the packaged "
+                   "videomv-tiny with its sampling settings and shapes world)")
     s.add_argument("--num-samples", type=int, required=True)
     s.add_argument("--seed-offset", type=int, default=HELD_OUT_SEED_OFFSET)
     s.add_argument("--config", choices=("t2mv", "i2mv"), default="t2mv",
@@ -119,8 +120,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a pipeline config value (as sample.py)")
     s.add_argument("--steps", type=int, help="DDIM steps (aware steps keep their fractions)")
     s.add_argument("--lgm-checkpoint", help="LGM for score (a) (default: the pipeline's)")
-    s.add_argument("--background", default="1,1,1",
-                   help="ground-truth compositing colour, R,G,B (default white)")
+    s.add_argument("--background", default=None,
+                   help="ground-truth compositing colour, R,G,B (default: the training "
+                        "background of the mode, grey 128/255 for t2mv, white for i2mv)")
+    s.add_argument("--max-objects", type=int, choices=(1, 2, 3),
+                   help="shapes scenes: at most this many primitives (default: videomv-tiny's "
+                        "world with the default model, else 3)")
+    s.add_argument("--fit-radius", type=float,
+                   help="shapes scenes: recentre/scale to this radius (default as above)")
     s.add_argument("--no-lgm", action="store_true", help="skip score (a)")
     s.add_argument("--save-views", action="store_true",
                    help="also write each sample's generated and GT views as PNG grids")
@@ -332,6 +339,15 @@ def _shapes_config(args: argparse.Namespace):
     from configs import i2mv, t2mv
 
     cfg = (t2mv if args.config == "t2mv" else i2mv).get_config()
+    if not args.checkpoint_dir:
+        from videomv_jax import tiny
+
+        try:
+            tiny.verify()
+            tiny.apply_sampling_defaults(cfg, args.config)
+        except tiny.TinyWeightsError as err:
+            raise UsageError(str(err)) from err
+        args.checkpoint_dir = cfg.checkpoint_dir
     for item in args.set:
         if "=" not in item:
             raise UsageError(f"--set needs KEY=VALUE, got {item!r}")
@@ -361,11 +377,26 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise UsageError("--num-samples must be >= 1")
     lpips_fn, lpips_note = _load_lpips(args)
-    bg = _parse_rgb(args.background, "--background")
+    default_model = not args.checkpoint_dir
+    cfg = _shapes_config(args)
+    if args.background is None:
+        from videomv_jax.data.pipeline import GREY
+
+        bg = [GREY] * 3 if cfg.mode == "t2mv" else [1.0, 1.0, 1.0]
+    else:
+        bg = _parse_rgb(args.background, "--background")
     if bg == "auto":
         raise UsageError("--background must be a colour for the ground truth")
     cbg = _parse_rgb(args.consistency_background, "--consistency-background")
-    cfg = _shapes_config(args)
+    world = {"max_objects": 3, "fit_radius": None}
+    if default_model:
+        from videomv_jax import tiny
+
+        world.update(tiny.load_manifest().get("world_config", {}))
+    if args.max_objects is not None:
+        world["max_objects"] = args.max_objects
+    if args.fit_radius is not None:
+        world["fit_radius"] = args.fit_radius
     t0 = time.perf_counter()
     pipe = MultiViewPipeline.from_checkpoints(args.checkpoint_dir, cfg)
     load_s = time.perf_counter() - t0
@@ -383,7 +414,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     for i in tqdm(range(args.num_samples), desc="shapes", unit="sample"):
         seed = args.seed_offset + i
-        scene = random_scene(seed)
+        scene = random_scene(seed, world["max_objects"], world["fit_radius"])
         t_s = time.perf_counter()
         rgba, _ = render_scene(scene, cfg.num_frames, res, float(cfg.elevation),
                                float(cfg.distance), fovy)
@@ -420,7 +451,9 @@ def cmd_shapes(args: argparse.Namespace) -> int:
              f"{args.seed_offset + args.num_samples - 1} ({cfg.mode}); 'aware' = 3D-aware "
              f"sampling (steps {tuple(cfg.sampler.aware_steps)}), 'plain' = plain DDIM from "
              f"the same noise",
-             f"ground truth: analytic ray-cast renders at the same cameras, composited on {bg}",
+             f"ground truth: analytic ray-cast renders at the same cameras, composited on {bg}; "
+             f"scenes random_scene(seed, max_objects={world['max_objects']}, "
+             f"fit_radius={world['fit_radius']})",
              lpips_note,
              "consistency (a): LGM from views " + str(lgm_idx) + " scored on the others"
              if lgm is not None else "consistency (a): not run",
@@ -435,6 +468,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
                 "num_samples": args.num_samples, "fit": None if fit_cfg is None else
                 fit_cfg.to_dict(), "consistency_background": cbg, "gt_background": bg,
                 "lgm_checkpoint": args.lgm_checkpoint or "pipeline", "load_seconds": load_s,
+                "world": world, "default_model": default_model,
                 "lpips": lpips_fn is not None}
     out = write_report(args.out, records, args.title or f"shapes benchmark ({cfg.mode})",
                        notes, settings, args.confidence)

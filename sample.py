@@ -3,10 +3,12 @@
 Two modes:
 
 * **generation** (``--prompt`` / ``--prompts-file`` for text→MV, ``--image`` for image→MV):
-  needs converted checkpoints (``--checkpoint-dir`` with ``unet/``, ``vae/``, ``clip_text/``
-  (+ ``tokenizer/``), ``lgm/`` and, for images, ``clip_vision/``; see
-  ``tools/convert_torch_weights.py``). No trained weights ship with this repository. Writes per
-  sample ``out/<index>_<slug>/``: ``views/000.png…``, ``grid.png``, ``turntable.mp4`` (GIF
+  without ``--checkpoint-dir`` it uses **videomv-tiny**, the small model that ships inside the
+  package (trained by us on the procedural ``shapes`` world at 64²; see
+  ``docs/videomv-tiny.md``), with its own sampling settings. ``--checkpoint-dir`` takes
+  converted checkpoints instead (``unet/``, ``vae/``, ``clip_text/`` (+ ``tokenizer/``),
+  ``lgm/`` and, for images, ``clip_vision/``; see ``tools/convert_torch_weights.py``). Writes
+  per sample ``out/<index>_<slug>/``: ``views/000.png…``, ``grid.png``, ``turntable.mp4`` (GIF
   fallback), ``gaussians.ply`` (final LGM reconstruction) and ``run.json``.
 * **render-only** (neither): render a Gaussian asset (a ``.ply``, or a procedural demo asset)
   from the 24-view VideoMV orbit with the JAX rasterizer and write the views, a grid, a
@@ -47,13 +49,14 @@ class UsageError(ValueError):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("generation (needs converted checkpoints)")
+    g = p.add_argument_group("generation (videomv-tiny, or converted checkpoints)")
     g.add_argument("--prompt", action="append", default=[],
                    help="text→MV prompt (repeatable)")
     g.add_argument("--prompts-file", help="text→MV batch: one prompt per line")
     g.add_argument("--image", action="append", default=[],
                    help="image→MV input (RGBA, or RGB on white; repeatable)")
-    g.add_argument("--checkpoint-dir", help="converted models (unet/ vae/ clip_text/ lgm/ ...)")
+    g.add_argument("--checkpoint-dir", help="converted models (unet/ vae/ clip_text/ lgm/ ...); "
+                   "default: the packaged videomv-tiny")
     g.add_argument("--config", choices=("t2mv", "i2mv"),
                    help="config (default: t2mv for prompts, i2mv for images)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -126,10 +129,20 @@ def set_config_value(cfg, key: str, value) -> None:
 
 
 def build_config(args: argparse.Namespace, mode: str):
-    """The ml_collections config for ``mode`` with the command-line options applied."""
+    """The ml_collections config for ``mode`` with the command-line options applied; without
+    ``--checkpoint-dir``, the packaged videomv-tiny and its sampling settings (which the
+    command-line options still override)."""
     from configs import i2mv, t2mv
 
     cfg = (t2mv if mode == "t2mv" else i2mv).get_config()
+    if not args.checkpoint_dir:
+        from videomv_jax import tiny
+
+        try:
+            tiny.verify()
+            tiny.apply_sampling_defaults(cfg, mode)
+        except tiny.TinyWeightsError as err:
+            raise UsageError(str(err)) from err
     for item in args.set:
         if "=" not in item:
             raise UsageError(f"--set needs KEY=VALUE, got {item!r}")
@@ -198,15 +211,27 @@ def generate(args: argparse.Namespace) -> int:
         if not os.path.isfile(path):
             raise UsageError(f"image file {path!r} does not exist")
     poses = load_poses(args.poses, cfg.num_frames) if args.poses else None
-    if not cfg.checkpoint_dir:
-        what = "text→MV" if mode == "t2mv" else "image→MV"
-        raise UsageError(
-            f"{what} sampling needs the video UNet, VAE, CLIP and LGM models, and no trained "
-            f"weights ship with this repository. Pass --checkpoint-dir DIR with converted "
-            f"models (subdirectories unet/, vae/, clip_text/ (with tokenizer/), lgm/"
-            f"{', clip_vision/' if mode == 'i2mv' else ''}); to make them, {CONVERT_HINT}. "
-            f"Without --prompt/--image this script renders a Gaussian asset instead "
-            f"(render-only mode: --ply FILE, or the procedural demo).")
+    default_model = not args.checkpoint_dir
+    notes = []
+    if default_model:
+        from videomv_jax import tiny
+        from videomv_jax.data.shapes import KINDS, PALETTE
+
+        shapes_words = ", ".join(k if k != "box" else "cube, box" for k in KINDS)
+        manifest = tiny.load_manifest()
+        notes.append("default model videomv-tiny: a small model trained by us on the "
+                     "procedural 'shapes' world (one or two coloured primitives) at 64x64; it "
+                     "knows nothing else. Full-size VideoMV needs --checkpoint-dir with "
+                     f"converted checkpoints ({CONVERT_HINT}).")
+        for prompt in prompts:
+            unknown = tiny.unknown_words(prompt, manifest)
+            if unknown:
+                notes.append(f"prompt {prompt!r}: the words {unknown} are outside videomv-tiny's "
+                             f"training vocabulary, so they are ignored in effect: the default "
+                             f"model only knows the 'shapes' world (colours "
+                             f"{', '.join(PALETTE)}; shapes {shapes_words}; 'on', 'next to')")
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
     t0 = time.perf_counter()
     pipe = MultiViewPipeline.from_checkpoints(cfg.checkpoint_dir, cfg)
     load_s = time.perf_counter() - t0
@@ -246,10 +271,15 @@ def generate(args: argparse.Namespace) -> int:
         timings = {**r.timings, "write_outputs_s": time.perf_counter() - t0}
         if i == 0:
             timings["load_checkpoints_s"] = load_s
+        weights = ("RANDOM / unknown provenance (not a trained model): " + ", ".join(random)
+                   if random else "converted checkpoints (see sources)")
+        if default_model:
+            weights = ("videomv-tiny (packaged default, trained by videomv_jax train.py on "
+                       "procedural shapes at 64x64; see docs/videomv-tiny.md)")
         record = {
             "mode": mode,
-            "weights": ("RANDOM / unknown provenance (not a trained model): " + ", ".join(random)
-                        if random else "converted checkpoints (see sources)"),
+            "weights": weights,
+            "notes": notes,
             "prompt" if mode == "t2mv" else "image": r.condition,
             "seed": r.seed,
             "checkpoint_dir": pipe.checkpoint_dir,
@@ -303,8 +333,9 @@ def main(argv=None) -> int:
             return 2
         gaussians, source = load_ply(args.ply), os.path.abspath(args.ply)
     else:
-        print("note: no generative model in this build; rendering a procedural demo asset "
-              "(a red sphere on a blue box made of 16,384 Gaussians). No weights are involved.")
+        print("note: render-only mode (no --prompt / --image): rendering a procedural demo asset "
+              "(a red sphere on a blue box made of 16,384 Gaussians). No weights are involved; "
+              "for generation run e.g. sample.py --prompt 'a red cube on a blue sphere'.")
         gaussians, source = sphere_on_box(), "procedural demo: sphere_on_box(16384, seed=0)"
     timings["load_asset_s"] = time.perf_counter() - t0
 
@@ -332,7 +363,7 @@ def main(argv=None) -> int:
     timings["write_outputs_s"] = time.perf_counter() - t0
 
     record = {
-        "mode": "render-only (no generative model in this build)",
+        "mode": "render-only (no generative model involved)",
         "asset": source,
         "num_gaussians": int(gaussians.num_gaussians),
         "views": args.views, "resolution": args.resolution, "elevation_deg": args.elevation,

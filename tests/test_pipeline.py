@@ -143,11 +143,13 @@ def test_bad_inputs_are_clear_errors(sample, ckpt, tmp_path, capsys):
         assert str(path) in str(err.value)
 
 
-def test_no_checkpoints_is_a_clear_error(sample, tmp_path, capsys):
+def test_missing_default_weights_is_a_clear_error(sample, tmp_path, capsys, monkeypatch):
+    from videomv_jax import tiny
+
+    monkeypatch.setattr(tiny, "weights_dir", lambda: tmp_path / "nowhere")
     assert sample.main(["--prompt", "a cube", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "no trained weights ship" in err and "tools/convert_torch_weights.py" in err
-    assert "render-only" in err
+    assert "videomv-tiny weights not found" in err and "--checkpoint-dir" in err
 
 
 def test_image_recentring():

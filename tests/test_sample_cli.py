@@ -27,7 +27,7 @@ def sample():
 def test_demo_writes_views_grid_video_ply_and_json(sample, tmp_path, capsys):
     out = tmp_path / "demo"
     assert sample.main(["--out", str(out), "--views", "4", "--resolution", "48"]) == 0
-    assert "no generative model" in capsys.readouterr().out  # says plainly what it is
+    assert "No weights are involved" in capsys.readouterr().out  # says plainly what it is
     views = sorted(os.listdir(out / "views"))
     assert views == [f"{i:03d}.png" for i in range(4)]
     first = iio.imread(out / "views" / "000.png")

@@ -1,0 +1,203 @@
+"""The packaged default model videomv-tiny: pinned hashes, loading through the converted-checkpoint
+code, a fixed-seed sample against a stored reference, and ``sample.py`` / ``eval.py`` on the
+default path (no ``--checkpoint-dir``).
+
+The reference (``tests/data/videomv_tiny_reference.npz``) was written by
+``python tests/test_tiny.py --write-reference`` with this repository's code; see
+:func:`test_fixed_seed_sample_matches_reference` for its settings and tolerance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from videomv_jax import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = os.path.join(ROOT, "tests", "data", "videomv_tiny_reference.npz")
+
+#: the manifest of the shipped weights (it lists the SHA-256 of every file); pinned twice on
+#: purpose: here and in videomv_jax/tiny.py
+PINNED_MANIFEST_SHA256 = "6ad48ffc4471060ee940cc25ccd4074f4138a73c7ffd7ae7fd9f109d81514c18"
+
+#: reference sample: text→MV at the trained 64², 4 DDIM steps with a 3D-aware step at loop
+#: index 2, seed 7; views 0, 4, ..., 20 are stored
+REFERENCE_PROMPT = "a red cube on a blue sphere"
+REFERENCE_SETTINGS = {"sampler.num_steps": 4, "sampler.aware_steps": (2,),
+                      "sampler.progress": False}
+REFERENCE_VIEWS = slice(0, 24, 4)
+REFERENCE_SEED = 7
+
+KINDS = {"unet": "unet-t2v", "unet_i2v": "unet-i2v", "vae": "vae", "clip_text": "clip-text",
+         "clip_vision": "clip-vision", "lgm": "lgm"}
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_cli_tiny",
+                                                  os.path.join(ROOT, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_manifest_hash_is_pinned_and_files_verify():
+    root = tiny.weights_dir()
+    assert _sha256(root / tiny.MANIFEST) == PINNED_MANIFEST_SHA256 == tiny.MANIFEST_SHA256
+    manifest = tiny.verify()  # every file's SHA-256 against the manifest
+    assert set(manifest["modes"]) == {"t2mv", "i2mv"}
+    assert {"red", "cube", "sphere", "on", "blue"} <= set(manifest["vocabulary"])
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20, f"packaged weights are {size / 2**20:.1f} MiB (limit 25 MiB)"
+
+
+def test_weights_load_with_the_converted_checkpoint_code():
+    from videomv_jax.convert.checkpoint import load_converted, read_converted_config
+
+    root = tiny.weights_dir()
+    for name, kind in KINDS.items():
+        meta = read_converted_config(root / name)
+        assert meta["storage_dtype"] == "float16"
+        assert meta["source"]["trained_by"] == "videomv_jax train.py"
+        model, _ = load_converted(root / name, kind=kind)
+        params = nnx.state(model, nnx.Param)
+        leaves = [np.asarray(v) for v in __import__("jax").tree.leaves(params)]
+        assert all(a.dtype == np.float32 and np.isfinite(a).all() for a in leaves)
+        assert sum(a.size for a in leaves) == meta["num_params"]
+        # trained, not an initialiser's output: float16-stored weights are exactly float16
+        # values, and no parameter array is left all-zero by a broken save
+        assert all(np.array_equal(a, a.astype(np.float16).astype(np.float32)) for a in leaves)
+
+
+def test_verify_names_changed_missing_and_extra_files(tmp_path):
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny.weights_dir(), copy)
+    tiny.verify(copy)  # an intact copy passes
+    files = sorted(p for p in copy.rglob("*") if p.is_file() and p.name != tiny.MANIFEST)
+    changed, removed = files[0], files[-1]
+    data = bytearray(changed.read_bytes())
+    data[len(data) // 2] ^= 1
+    changed.write_bytes(bytes(data))
+    removed.unlink()
+    (copy / "stray.bin").write_bytes(b"x")
+    with pytest.raises(tiny.TinyWeightsError) as err:
+        tiny.verify(copy)
+    msg = str(err.value)
+    for path, title in ((changed, "changed"), (removed, "missing")):
+        assert path.relative_to(copy).as_posix() in msg and title in msg
+    assert "stray.bin" in msg and "unexpected" in msg
+    with pytest.raises(tiny.TinyWeightsError, match="SHA-256"):
+        tiny.verify(copy, expected_sha256="0" * 64)
+
+
+def test_unknown_words():
+    assert tiny.unknown_words("a red cube on a blue sphere") == []
+    assert tiny.unknown_words("A red DRAGON next to a castle!") == ["castle", "dragon"]
+
+
+def _reference_sample() -> np.ndarray:
+    from configs import t2mv
+    from videomv_jax.pipeline import MultiViewPipeline
+
+    cfg = t2mv.get_config()
+    tiny.apply_sampling_defaults(cfg, "t2mv")
+    for key, value in REFERENCE_SETTINGS.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    pipe = MultiViewPipeline.from_checkpoints(cfg.checkpoint_dir, cfg)
+    assert pipe.random_weights == []
+    return pipe.text_to_mv([REFERENCE_PROMPT], seed=REFERENCE_SEED)[0].views
+
+
+def test_fixed_seed_sample_matches_reference():
+    """Tolerance: max |Δ| ≤ 2e-3 and mean |Δ| ≤ 1e-4 on views in [0, 1]. The reference comes
+    from the same code in float32 on a CPU; other CPUs / XLA versions may reorder float32
+    sums (~1e-7 relative per op), which 4 DDIM steps, a VAE decode, an LGM reconstruction and a
+    rasterisation amplify to ~1e-4 at worst in our runs; a real regression (a changed schedule,
+    weight or convention) moves whole images by > 1e-2."""
+    views = _reference_sample()[REFERENCE_VIEWS]
+    ref = np.load(REFERENCE)["views"]
+    assert views.shape == ref.shape == (6, 64, 64, 3)
+    diff = np.abs(views - ref)
+    assert diff.max() <= 2e-3 and diff.mean() <= 1e-4, (diff.max(), diff.mean())
+    # and the sample is not a flat image: the object differs from the grey background
+    assert views.std() > 0.05
+
+
+def test_sample_cli_default_model_text(tmp_path, capsys):
+    sample = _load_script("sample")
+    out = tmp_path / "t2mv"
+    code = sample.main(["--prompt", "a red dragon", "--out", str(out), "--steps", "4",
+                        "--set", "sampler.progress=False"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "videomv-tiny" in err and "['dragon']" in err and "shapes" in err
+    (d,) = list(out.iterdir())
+    assert sorted(os.listdir(d / "views")) == [f"{i:03d}.png" for i in range(24)]
+    for name in ("grid.png", "gaussians.ply", "run.json"):
+        assert (d / name).is_file()
+    assert (d / "turntable.mp4").is_file() or (d / "turntable.gif").is_file()
+    record = json.loads((d / "run.json").read_text())
+    assert record["weights"].startswith("videomv-tiny")
+    assert any("dragon" in n for n in record["notes"])
+    assert record["config"]["resolution"] == 64 and record["config"]["sampler"]["num_steps"] == 4
+
+
+def test_sample_cli_default_model_image(tmp_path):
+    sample = _load_script("sample")
+    example = sorted((tiny.weights_dir() / "examples").glob("*.png"))[0]
+    out = tmp_path / "i2mv"
+    code = sample.main(["--image", str(example), "--out", str(out), "--steps", "4",
+                        "--set", "sampler.progress=False"])
+    assert code == 0
+    (d,) = list(out.iterdir())
+    record = json.loads((d / "run.json").read_text())
+    assert record["mode"] == "i2mv" and record["weights"].startswith("videomv-tiny")
+    assert len(os.listdir(d / "views")) == 24
+
+
+def test_eval_shapes_default_model(tmp_path):
+    """``eval.py shapes`` end to end on the default model: 2 held-out scenes, few steps, a short
+    Gaussian fit; both variants scored, report + per-sample JSON written."""
+    ev = _load_script("eval")
+    out = tmp_path / "report"
+    code = ev.main(["shapes", "--num-samples", "2", "--steps", "4", "--out", str(out),
+                    "--fit-steps", "20", "--fit-gaussians", "512", "--set",
+                    "sampler.progress=False"])
+    assert code == 0
+    samples = sorted((out / "samples").glob("*.json"))
+    assert len(samples) == 2
+    rec = json.loads(samples[0].read_text())
+    assert set(rec["variants"]) == {"aware", "plain"}
+    for var in rec["variants"].values():
+        assert np.isfinite(var["metrics"]["ref_psnr"]) and np.isfinite(var["metrics"]["fit_psnr"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["default_model"] is True
+    assert summary["settings"]["world"] == {"max_objects": 2, "fit_radius": 0.5}
+    report = (out / "report.md").read_text()
+    assert "aware" in report and "plain" in report
+    assert (out / "metrics.png").is_file() and (out / "paired.png").is_file()
+
+
+if __name__ == "__main__" and "--write-reference" in sys.argv:
+    sys.path.insert(0, ROOT)
+    views = _reference_sample()[REFERENCE_VIEWS]
+    os.makedirs(os.path.dirname(REFERENCE), exist_ok=True)
+    np.savez_compressed(REFERENCE, views=views.astype(np.float32))
+    print(f"wrote {REFERENCE}: {views.shape}")
