@@ -227,7 +227,7 @@ def test_shapes_builder_round_trip(shapes_ds):
 def test_shapes_depth_is_analytic(tmp_path, monkeypatch):
     radius, dist, res = 0.3, builders.SHAPES_DISTANCE, 32
     sphere = Scene((Primitive("sphere", "red", (0.0, 0.0, 0.0), (radius,) * 3),), "a red sphere")
-    monkeypatch.setattr(builders.shapes_lib, "random_scene", lambda seed: sphere)
+    monkeypatch.setattr(builders.shapes_lib, "random_scene", lambda seed, *args: sphere)
     res_ = builders.build_dataset("shapes", tmp_path, num_objects=1, resolution=res,
                                   elevation_range=(5.0, 30.0))
     ex = builders.load_source(res_.path)[0]

@@ -55,7 +55,7 @@ def test_ply_input_round_trips(sample, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--prompt", "a red cube"], "needs the video UNet"),
+    (["--prompt", "a red cube", "--steps", "7"], "divide num_timesteps"),
     (["--ply", "/nonexistent/file.ply"], "does not exist"),
     (["--views", "0"], "must be positive"),
 ])
