@@ -339,12 +339,12 @@ def _shapes_config(args: argparse.Namespace):
     from configs import i2mv, t2mv
 
     cfg = (t2mv if args.config == "t2mv" else i2mv).get_config()
+    manifest = None
     if not args.checkpoint_dir:
         from videomv_jax import tiny
 
         try:
-            tiny.verify()
-            tiny.apply_sampling_defaults(cfg, args.config)
+            manifest = tiny.use_default_model(cfg, args.config)
         except tiny.TinyWeightsError as err:
             raise UsageError(str(err)) from err
         args.checkpoint_dir = cfg.checkpoint_dir
@@ -366,7 +366,7 @@ def _shapes_config(args: argparse.Namespace):
     cfg.sampler.progress = False
     if not tuple(cfg.sampler.aware_steps):
         raise UsageError("the shapes comparison needs 3D-aware steps (sampler.aware_steps)")
-    return cfg
+    return cfg, manifest
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
@@ -377,8 +377,8 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise UsageError("--num-samples must be >= 1")
     lpips_fn, lpips_note = _load_lpips(args)
-    default_model = not args.checkpoint_dir
-    cfg = _shapes_config(args)
+    cfg, manifest = _shapes_config(args)
+    default_model = manifest is not None
     if args.background is None:
         from videomv_jax.data.pipeline import GREY
 
@@ -390,9 +390,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     cbg = _parse_rgb(args.consistency_background, "--consistency-background")
     world = {"max_objects": 3, "fit_radius": None}
     if default_model:
-        from videomv_jax import tiny
-
-        world.update(tiny.load_manifest().get("world_config", {}))
+        world.update(manifest.get("world_config", {}))
     if args.max_objects is not None:
         world["max_objects"] = args.max_objects
     if args.fit_radius is not None:

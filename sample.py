@@ -129,18 +129,19 @@ def set_config_value(cfg, key: str, value) -> None:
 
 
 def build_config(args: argparse.Namespace, mode: str):
-    """The ml_collections config for ``mode`` with the command-line options applied; without
-    ``--checkpoint-dir``, the packaged videomv-tiny and its sampling settings (which the
-    command-line options still override)."""
+    """``(config, manifest)``: the ml_collections config for ``mode`` with the command-line
+    options applied; without ``--checkpoint-dir``, the packaged videomv-tiny and its sampling
+    settings (which the command-line options still override) and its manifest, else
+    ``None``."""
     from configs import i2mv, t2mv
 
     cfg = (t2mv if mode == "t2mv" else i2mv).get_config()
+    manifest = None
     if not args.checkpoint_dir:
         from videomv_jax import tiny
 
         try:
-            tiny.verify()
-            tiny.apply_sampling_defaults(cfg, mode)
+            manifest = tiny.use_default_model(cfg, mode)
         except tiny.TinyWeightsError as err:
             raise UsageError(str(err)) from err
     for item in args.set:
@@ -175,7 +176,7 @@ def build_config(args: argparse.Namespace, mode: str):
         cfg.elevation = args.elevation
     if args.distance is not None:
         cfg.distance = args.distance
-    return cfg
+    return cfg, manifest
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -206,19 +207,18 @@ def generate(args: argparse.Namespace) -> int:
     if (mode == "t2mv") != bool(prompts):
         raise UsageError(f"--config {mode} does not fit the inputs given (prompts for t2mv, "
                          f"--image for i2mv)")
-    cfg = build_config(args, mode)
+    cfg, manifest = build_config(args, mode)
     for path in args.image:  # input errors before any model loading
         if not os.path.isfile(path):
             raise UsageError(f"image file {path!r} does not exist")
     poses = load_poses(args.poses, cfg.num_frames) if args.poses else None
-    default_model = not args.checkpoint_dir
+    default_model = manifest is not None
     notes = []
     if default_model:
         from videomv_jax import tiny
         from videomv_jax.data.shapes import KINDS, PALETTE
 
         shapes_words = ", ".join(k if k != "box" else "cube, box" for k in KINDS)
-        manifest = tiny.load_manifest()
         notes.append("default model videomv-tiny: a small model trained by us on the "
                      "procedural 'shapes' world (one or two coloured primitives) at 64x64; it "
                      "knows nothing else. Full-size VideoMV needs --checkpoint-dir with "

@@ -27,6 +27,7 @@ __all__ = [
     "hash_tree",
     "load_manifest",
     "unknown_words",
+    "use_default_model",
     "verify",
     "weights_dir",
     "write_manifest",
@@ -121,12 +122,14 @@ def verify(root: str | os.PathLike | None = None, expected_sha256: str | None = 
     return manifest
 
 
-def apply_sampling_defaults(cfg: Any, mode: str, root: str | os.PathLike | None = None) -> None:
-    """Point ``cfg`` (configs/t2mv.py or configs/i2mv.py) at the packaged weights and apply
-    the sampling settings the manifest records for ``mode`` (dotted keys, e.g.
-    ``sampler.num_steps``). Call before command-line overrides so that those still win."""
+def apply_sampling_defaults(cfg: Any, mode: str, root: str | os.PathLike | None = None,
+                            manifest: Mapping[str, Any] | None = None) -> None:
+    """Point ``cfg`` (configs/t2mv.py or configs/i2mv.py) at the weights in ``root`` (default:
+    the packaged ones) and apply the sampling settings their manifest (read from ``root``
+    unless given) records for ``mode`` (dotted keys, e.g. ``sampler.num_steps``). Call before
+    command-line overrides so that those still win."""
     root = Path(root) if root is not None else weights_dir()
-    manifest = load_manifest(root)
+    manifest = load_manifest(root) if manifest is None else manifest
     modes = manifest.get("modes", {})
     if mode not in modes:
         raise TinyWeightsError(f"videomv-tiny has no {mode!r} model (it has {sorted(modes)})")
@@ -138,6 +141,15 @@ def apply_sampling_defaults(cfg: Any, mode: str, root: str | os.PathLike | None 
             node = node[p]
         old = node[leaf]
         node[leaf] = tuple(value) if isinstance(old, tuple) else value
+
+
+def use_default_model(cfg: Any, mode: str) -> dict[str, Any]:
+    """What ``sample.py`` / ``eval.py`` do without ``--checkpoint-dir``: :func:`verify` the
+    packaged weights, point ``cfg`` at them with their ``mode`` sampling settings, and return
+    the manifest (vocabulary, world). Raises :class:`TinyWeightsError`."""
+    manifest = verify()
+    apply_sampling_defaults(cfg, mode, manifest=manifest)
+    return manifest
 
 
 def unknown_words(prompt: str, manifest: Mapping[str, Any] | None = None) -> list[str]:
