@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -138,6 +139,28 @@ def test_fixed_seed_sample_matches_reference():
     assert diff.max() <= 2e-3 and diff.mean() <= 1e-4, (diff.max(), diff.mean())
     # and the sample is not a flat image: the object differs from the grey background
     assert views.std() > 0.05
+
+
+def test_default_negative_prompt_truncation_is_silent_user_prompts_warn():
+    """videomv-tiny's text tower has 32 tokens, fewer than VideoMV's negative prompt; training
+    truncated it the same way (caption dropout), so only a user's over-long prompt warns."""
+    from configs import t2mv
+    from videomv_jax.models.clip import PromptTruncatedWarning
+    from videomv_jax.pipeline import MultiViewPipeline
+
+    cfg = t2mv.get_config()
+    tiny.apply_sampling_defaults(cfg, "t2mv")
+    pipe = MultiViewPipeline.from_checkpoints(cfg.checkpoint_dir, cfg)
+    long_prompt = " ".join(["a red cube on a blue sphere"] * 6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ctx = pipe.encode_text([long_prompt, cfg.negative_prompt])
+    messages = [str(w.message) for w in caught if issubclass(w.category, PromptTruncatedWarning)]
+    assert len(messages) == 1 and "red cube" in messages[0], messages
+    assert ctx.shape[0] == 2
+    # the two rows are encoded as in one batch: row 1 equals the negative prompt on its own
+    np.testing.assert_allclose(ctx[1], pipe.encode_text([cfg.negative_prompt])[0], rtol=1e-6,
+                               atol=1e-6)
 
 
 def test_sample_cli_default_model_text(tmp_path, capsys):

@@ -38,7 +38,7 @@ from videomv_jax.diffusion.sampler import (
     sampler_geometry,
     text_conditions,
 )
-from videomv_jax.models.clip import load_tokenizer, preprocess, tokenize
+from videomv_jax.models.clip import PromptTruncatedWarning, load_tokenizer, preprocess, tokenize
 from videomv_jax.render.camera import orbit_cameras
 from videomv_jax.render.gaussians import Gaussians
 
@@ -305,9 +305,18 @@ class MultiViewPipeline:
         return poses
 
     def encode_text(self, prompts: Sequence[str]) -> jax.Array:
+        """Text tokens for ``prompts``; a prompt longer than the tower's context warns
+        (:class:`PromptTruncatedWarning`), except the config's own negative prompt: training
+        tokenised it the same way for caption dropout, so its truncation on a short-context
+        tower (videomv-tiny: 32 tokens) is what the model was trained with, not a user error."""
         tcfg = self.models["clip_text"].config
-        ids = tokenize(self.tokenizer, list(prompts), tcfg.context_length)
-        return self._text(self.models["clip_text"], jnp.asarray(ids))
+        rows = []
+        for prompt in prompts:
+            with warnings.catch_warnings():
+                if prompt == self.config.negative_prompt:
+                    warnings.simplefilter("ignore", PromptTruncatedWarning)
+                rows.append(tokenize(self.tokenizer, [prompt], tcfg.context_length))
+        return self._text(self.models["clip_text"], jnp.asarray(np.concatenate(rows)))
 
     def _decode_views(self, latents: jax.Array) -> np.ndarray:
         video = self._decode(self.models["vae"], latents)
