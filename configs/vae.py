@@ -17,7 +17,10 @@ def get_train_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     c.data.input = ml_collections.ConfigDict(dict(mode="recon", batch_size=8, resolution=64,
                                                   seed=0))
     c.models.vae = model_entry(config=TINY_VAE, seed=0)
-    c.task = ml_collections.ConfigDict(dict(kl_weight=1e-6, views_per_example=2))
+    # train_encoder=False: decoder-only fine-tuning that keeps the latent space of an already
+    # trained diffusion model (start from it with models.vae.checkpoint=...)
+    c.task = ml_collections.ConfigDict(dict(kl_weight=1e-6, views_per_example=2,
+                                            train_encoder=True))
     c.optim.update(learning_rate=1e-3, warmup_steps=50, decay_steps=20_000,
                    final_lr_fraction=0.1)
     c.train.update(num_steps=2000, checkpoint_every=250, log_every=25)

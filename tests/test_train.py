@@ -439,6 +439,24 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
     assert cli.main(["--config", "vae", "--preset", "tiny", "--data", str(tmp_path)]) == 2
     assert "not a built data set" in capsys.readouterr().err
 
+    # decoder-only fine-tuning from the export: the encoder (the latent space) stays bit-exact
+    ft = ["--config", "vae", "--preset", "tiny", "--data", str(data.path),
+          "--workdir", str(tmp_path / "ft"), "--export", str(tmp_path / "ft_export"),
+          "--set", f"models.vae.checkpoint={tmp_path / 'export' / 'vae'}",
+          "--set", "data.input.batch_size=2", "--set", "data.input.resolution=16",
+          "--set", "train.progress=False", "--set", "optim.warmup_steps=0",
+          "--set", "task.train_encoder=False", "--steps", "2"]
+    assert cli.main(ft + ["--set", "optim.weight_decay=0.01"]) == 2
+    assert "train_encoder=False" in capsys.readouterr().err
+    assert cli.main(ft) == 0
+    tuned, _ = load_converted(tmp_path / "ft_export" / "vae", kind="vae")
+    for part, same in (("encoder", True), ("quant_conv", True), ("decoder", False),
+                       ("post_quant_conv", False)):
+        before = jax.tree.leaves(jax.device_get(nnx.state(getattr(vae2, part), nnx.Param)))
+        after = jax.tree.leaves(jax.device_get(nnx.state(getattr(tuned, part), nnx.Param)))
+        equal = [np.array_equal(a, b) for a, b in zip(before, after, strict=True)]
+        assert all(equal) if same else not all(equal), part
+
 
 # ---- stage-1 objective, checked by hand ---------------------------------------------------------
 

@@ -206,6 +206,10 @@ def _task(cfg: ml_collections.ConfigDict, tokenizer: Any):
 
     t = _to_dict(cfg.task)
     if cfg.stage == "vae":
+        if not t.get("train_encoder", True) and float(cfg.optim.get("weight_decay", 0.0)) > 0:
+            raise ValueError("task.train_encoder=False (decoder-only fine-tuning) needs "
+                             "optim.weight_decay=0: decoupled weight decay would still shrink "
+                             "the frozen encoder and move the latent space")
         return AutoencoderTask(**t)
     s1_keys = {f.name for f in dataclasses.fields(Stage1Task)} - {"variant", "tokenizer"}
     s1_opts = {k: v for k, v in t.items() if k in s1_keys}

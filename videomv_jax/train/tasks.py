@@ -333,7 +333,12 @@ class AutoencoderTask(Task):
     """KL autoencoder training (model ``vae``) on single views, for small models trained from
     scratch (the released VideoMV uses the frozen SD VAE): per-pixel L1 + ``mse_weight``·MSE +
     ``kl_weight``·KL (mean over latent elements) + optional ``lpips_weight``·LPIPS. Views are
-    ``frames`` [B, F, H, W, 3]; ``views_per_example`` random frames of each are used."""
+    ``frames`` [B, F, H, W, 3]; ``views_per_example`` random frames of each are used.
+
+    ``train_encoder=False`` fine-tunes the decoder alone: the latent sample is cut from the
+    gradient, so the encoder (and with it the latent space a diffusion model was trained on)
+    stays exactly as it is (its gradients are zero, so Adam leaves it unchanged) and the KL
+    term is dropped."""
 
     kl_weight: float = 1e-6
     mse_weight: float = 1.0
@@ -341,6 +346,7 @@ class AutoencoderTask(Task):
     views_per_example: int = 4
     use_lpips: bool = False
     lpips_weight: float = 0.1
+    train_encoder: bool = True
 
     def __post_init__(self):
         self.trainable = ("vae",)
@@ -365,11 +371,16 @@ class AutoencoderTask(Task):
         x = x.reshape(-1, *x.shape[2:])
         vae = models["vae"]
         post = vae.encode(x)
-        recon = vae.decode(post.sample(k_post))
+        z = post.sample(k_post)
+        kl = jnp.mean(post.kl()) / math.prod(post.mean.shape[1:])
+        if not self.train_encoder:
+            z, kl = jax.lax.stop_gradient(z), jax.lax.stop_gradient(kl)
+        recon = vae.decode(z)
         l1 = jnp.mean(jnp.abs(recon - x))
         mse = _mse(recon, x)
-        kl = jnp.mean(post.kl()) / math.prod(post.mean.shape[1:])
-        loss = self.l1_weight * l1 + self.mse_weight * mse + self.kl_weight * kl
+        loss = self.l1_weight * l1 + self.mse_weight * mse
+        if self.train_encoder:
+            loss = loss + self.kl_weight * kl
         metrics = {"l1": l1, "mse": mse, "kl": kl,
                    "psnr": -10.0 * jnp.log10(_mse(recon * 0.5, x * 0.5) + 1e-12)}
         if self.use_lpips:
