@@ -36,7 +36,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 
 #: SHA-256 of the shipped ``manifest.json`` (which holds the SHA-256 of every weight file).
-MANIFEST_SHA256 = "6ad48ffc4471060ee940cc25ccd4074f4138a73c7ffd7ae7fd9f109d81514c18"
+MANIFEST_SHA256 = "c531fa5ef11a993a6989b6731ab01f713b6905c95f03dd9ca0795048b9d74781"
 
 
 class TinyWeightsError(RuntimeError):
