@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from ml_collections.config_flags import config_path  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from videomv_jax.data import images as image_io  # noqa: E402
@@ -111,11 +112,7 @@ def set_config_value(cfg, key: str, value) -> None:
     valid = _flat_keys(cfg)
     if key not in valid:
         raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
-    *parents, leaf = key.split(".")
-    node = cfg
-    for p in parents:
-        node = node[p]
-    old = node[leaf]
+    old = config_path.get_value(key, cfg)
     if isinstance(old, tuple) and isinstance(value, (list, tuple, int)):
         value = tuple(value) if not isinstance(value, int) else (value,)
     elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -123,7 +120,7 @@ def set_config_value(cfg, key: str, value) -> None:
     elif isinstance(old, str) and not isinstance(value, str):
         value = str(value)
     try:
-        node[leaf] = value
+        config_path.set_value(key, cfg, value)
     except (TypeError, ValueError) as err:
         raise UsageError(f"bad value for config key {key!r}: {value!r} ({err})") from err
 
@@ -271,11 +268,13 @@ def generate(args: argparse.Namespace) -> int:
         timings = {**r.timings, "write_outputs_s": time.perf_counter() - t0}
         if i == 0:
             timings["load_checkpoints_s"] = load_s
-        weights = ("RANDOM / unknown provenance (not a trained model): " + ", ".join(random)
-                   if random else "converted checkpoints (see sources)")
         if default_model:
             weights = ("videomv-tiny (packaged default, trained by videomv_jax train.py on "
                        "procedural shapes at 64x64; see docs/videomv-tiny.md)")
+        elif random:
+            weights = "RANDOM / unknown provenance (not a trained model): " + ", ".join(random)
+        else:
+            weights = "converted checkpoints (see sources)"
         record = {
             "mode": mode,
             "weights": weights,

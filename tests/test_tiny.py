@@ -110,17 +110,15 @@ def test_unknown_words():
 
 
 def _reference_sample() -> np.ndarray:
+    from ml_collections.config_flags import config_path
+
     from configs import t2mv
     from videomv_jax.pipeline import MultiViewPipeline
 
     cfg = t2mv.get_config()
     tiny.apply_sampling_defaults(cfg, "t2mv")
     for key, value in REFERENCE_SETTINGS.items():
-        *parents, leaf = key.split(".")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        config_path.set_value(key, cfg, value)
     pipe = MultiViewPipeline.from_checkpoints(cfg.checkpoint_dir, cfg)
     assert pipe.random_weights == []
     return pipe.text_to_mv([REFERENCE_PROMPT], seed=REFERENCE_SEED)[0].views

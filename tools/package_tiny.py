@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     words: set[str] = {"3d", "asset"}
     for i in range(len(source)):
         cap = source[i]["caption"]
-        words.update(re.findall(r"[a-z]+", (cap if isinstance(cap, str) else
-                                            cap.decode()).lower()))
+        words.update(tiny.caption_words(cap if isinstance(cap, str) else cap.decode()))
     sampling = {m: dict(v) for m, v in SAMPLING.items() if m == "t2mv" or args.i2mv}
     for item in args.set:
         key, value = item.split("=", 1)

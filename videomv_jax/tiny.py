@@ -24,6 +24,7 @@ __all__ = [
     "MANIFEST_SHA256",
     "TinyWeightsError",
     "apply_sampling_defaults",
+    "caption_words",
     "hash_tree",
     "load_manifest",
     "unknown_words",
@@ -133,14 +134,12 @@ def apply_sampling_defaults(cfg: Any, mode: str, root: str | os.PathLike | None 
     modes = manifest.get("modes", {})
     if mode not in modes:
         raise TinyWeightsError(f"videomv-tiny has no {mode!r} model (it has {sorted(modes)})")
+    from ml_collections.config_flags import config_path
+
     cfg.checkpoint_dir = str(root)
     for key, value in modes[mode].items():
-        *parents, leaf = key.split(".")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        old = node[leaf]
-        node[leaf] = tuple(value) if isinstance(old, tuple) else value
+        old = config_path.get_value(key, cfg)
+        config_path.set_value(key, cfg, tuple(value) if isinstance(old, tuple) else value)
 
 
 def use_default_model(cfg: Any, mode: str) -> dict[str, Any]:
@@ -152,9 +151,13 @@ def use_default_model(cfg: Any, mode: str) -> dict[str, Any]:
     return manifest
 
 
+def caption_words(text: str) -> set[str]:
+    """The lower-case words of ``text``: how the vocabulary is built from the training captions
+    (``tools/package_tiny.py``) and how prompts are checked against it."""
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
 def unknown_words(prompt: str, manifest: Mapping[str, Any] | None = None) -> list[str]:
     """Words of ``prompt`` that never occur in videomv-tiny's training captions."""
     manifest = load_manifest() if manifest is None else manifest
-    vocab = set(manifest.get("vocabulary", ()))
-    words = re.findall(r"[a-z]+", prompt.lower())
-    return sorted({w for w in words if w not in vocab})
+    return sorted(caption_words(prompt) - set(manifest.get("vocabulary", ())))
