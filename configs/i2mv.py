@@ -38,7 +38,7 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
 
     ``full``: converted released unet-i2v, VAE, OpenCLIP text and vision towers; G-Objaverse at
     256², bf16 + remat. ``tiny``: videomv-tiny on ``shapes`` at 64² (VAE and text encoder from
-    the tiny exports, a small random frozen vision tower)."""
+    the tiny exports, a small random frozen vision tower, 10 % condition dropout)."""
     c = base_train_config("unet", "image", preset)
     c.grad_scale = 0.5
     c.data.input = ml_collections.ConfigDict(dict(mode="i2mv", batch_size=8, resolution=256,
@@ -51,7 +51,10 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
         c.models.text = model_entry()
         c.models.vision = model_entry()
     else:
-        c.data.input.update(batch_size=4, resolution=64)
+        # condition dropout (caption → negative prompt and a zero CLIP image embedding, the
+        # sampler's uncond branch) so that CFG has a trained unconditional branch; the released
+        # recipe has none (spec §4: p_zero 0 for images)
+        c.data.input.update(batch_size=4, resolution=64, caption_dropout=0.1)
         # started from the tiny text UNet: only the image-conditioning layers start random
         c.models.unet = model_entry(config=dict(variant="image", image_embed_dim=64,
                                                 **TINY_UNET), seed=0,

@@ -315,7 +315,17 @@ def test_caption_dropout_and_suffix():
     neg = InputConfig(mode="t2mv", batch_size=10, caption_dropout=1.0, negative_prompt="bad")
     assert set(InputPipeline(src, neg).host_batch(0)["caption"]) == {"bad"}
     i2mv = InputPipeline(src, InputConfig(mode="i2mv", batch_size=10)).host_batch(0)
-    assert set(i2mv["caption"]) == {""}
+    assert set(i2mv["caption"]) == {""} and not i2mv["condition_dropped"].any()
+    # i2mv condition dropout: the flag marks exactly the examples given the negative prompt
+    i2mv_drop = InputConfig(mode="i2mv", batch_size=10, caption_dropout=0.5, seed=1)
+    flags, caps = [], []
+    for step in range(10):
+        b = InputPipeline(src, i2mv_drop).host_batch(step)
+        flags += b["condition_dropped"].tolist()
+        caps += b["caption"]
+    assert [c == DEFAULT_NEGATIVE_PROMPT for c in caps] == [f == 1.0 for f in flags]
+    assert set(caps) == {"", DEFAULT_NEGATIVE_PROMPT} and 30 <= sum(flags) <= 70
+    assert "condition_dropped" not in InputPipeline(src, cfg).host_batch(0)
     suffix = InputConfig(mode="recon", batch_size=10, caption_suffix="!")
     assert InputPipeline(src, suffix).host_batch(0)["caption"][0].endswith("!")
 

@@ -510,6 +510,28 @@ def test_stage1_loss_is_the_released_objective(variant, tokenizer):
         assert seen["image_latent"] is None
 
 
+def test_image_condition_dropout_zeroes_the_flagged_image_embeddings(tokenizer):
+    """Examples whose caption was dropped to the negative prompt (``condition_dropped``) get a
+    zero CLIP image embedding, the sampler's uncond branch; the others and the image latent
+    are untouched."""
+    task = Stage1Task.for_variant("image", tokenizer=tokenizer, latents_key="latents",
+                                  context_length=16, sample_posterior=False)
+    rng = np.random.default_rng(2)
+    emb = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    batch = {"tokens": np.zeros((3, 16), np.int32),
+             "clip_image": np.zeros((3, 28, 28, 3), np.float32),
+             "cond_latents": rng.standard_normal((3, 4, 4, 4)).astype(np.float32),
+             "condition_dropped": np.array([0.0, 1.0, 0.0], np.float32)}
+    models = {"text": lambda tok: jnp.ones((tok.shape[0], 16, 8)), "vision": lambda x: emb}
+    cond = task.conditioning(models, batch, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(cond["image_embedding"]),
+                                  emb * np.array([1, 0, 1], np.float32)[:, None, None])
+    np.testing.assert_array_equal(np.asarray(cond["image_latent"]), batch["cond_latents"])
+    del batch["condition_dropped"]  # released recipe (no flag): always conditioned
+    np.testing.assert_array_equal(
+        np.asarray(task.conditioning(models, batch, jax.random.key(0))["image_embedding"]), emb)
+
+
 def test_image_variant_prepares_its_clip_input_from_the_unshifted_view(tokenizer):
     from videomv_jax.models.clip import preprocess
 

@@ -110,7 +110,9 @@ class InputConfig:
     size (None: the stored size; otherwise views are resized, PIL bicubic). hr_resolution: also
     output ``frames_hr``/``alpha_hr`` from the ``views_hr`` feature (reconstructor ground truth).
     background: t2mv "grey" (128), i2mv "white", recon "random". caption_dropout: probability
-    of replacing the caption by ``negative_prompt`` (t2mv 0.1, otherwise 0). caption_suffix:
+    of replacing the caption by ``negative_prompt`` (t2mv 0.1, otherwise 0); i2mv batches flag
+    those examples in ``condition_dropped`` (1.0) so that the image task also zeroes their
+    CLIP image embedding, i.e. trains the sampler's unconditional branch. caption_suffix:
     appended to every caption (", 3d asset"). use_caption: False gives "" (i2mv default).
     frame_shift: i2mv cyclic shift of frames and alpha by a random offset in ``[0, F)``
     (i2mv default on; refused for recon, where it would misalign views and cameras). shuffle /
@@ -398,9 +400,12 @@ class InputPipeline:
         for key in ("camera", "c2w", "lgm_cameras"):
             out[key] = np.asarray(ex[key], np.float32)
         caption = (_text(ex["caption"]) + cfg.caption_suffix) if cfg.use_caption else ""
-        if u_drop < cfg.caption_dropout:
+        dropped = u_drop < cfg.caption_dropout
+        if dropped:
             caption = cfg.negative_prompt
         out["caption"] = caption
+        if cfg.mode == "i2mv":  # the image task zeroes this example's CLIP image embedding too
+            out["condition_dropped"] = np.float32(dropped)
         out["object_id"] = _text(ex.get("object_id", ""))
         return out
 

@@ -136,7 +136,11 @@ class Stage1Task(Task):
 
     def conditioning(self, models: Mapping[str, Any], batch: Mapping[str, jax.Array],
                      key: jax.Array) -> dict[str, jax.Array]:
-        """Text context and (image variant) image latent / embedding."""
+        """Text context and (image variant) image latent / embedding. Image examples flagged in
+        ``condition_dropped`` (the data pipeline's caption dropout, whose caption is then the
+        negative prompt) get a zero image embedding: exactly the unconditional branch of
+        :func:`videomv_jax.diffusion.sampler.image_conditions`, so that CFG has a trained
+        branch to push away from."""
         ctx = models["text"](batch["tokens"])
         if not self.train_text_encoder:
             ctx = jax.lax.stop_gradient(ctx)
@@ -149,8 +153,11 @@ class Stage1Task(Task):
                 lat = models["vae"].encode_frames(ref[:, None], key if self.sample_posterior
                                                   else None)[:, 0]
             cond["image_latent"] = jax.lax.stop_gradient(lat)
-            cond["image_embedding"] = jax.lax.stop_gradient(models["vision"](
-                batch["clip_image"]))
+            emb = jax.lax.stop_gradient(models["vision"](batch["clip_image"]))
+            if "condition_dropped" in batch:  # condition dropout: the sampler's uncond branch
+                keep = 1.0 - batch["condition_dropped"].astype(emb.dtype)
+                emb = emb * keep.reshape(-1, *(1,) * (emb.ndim - 1))
+            cond["image_embedding"] = emb
         return cond
 
     def latents(self, models: Mapping[str, Any], batch: Mapping[str, jax.Array],
