@@ -38,7 +38,8 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
 
     ``full``: converted released unet-i2v, VAE, OpenCLIP text and vision towers; G-Objaverse at
     256², bf16 + remat. ``tiny``: videomv-tiny on ``shapes`` at 64² (VAE and text encoder from
-    the tiny exports, a small random frozen vision tower, 10 % condition dropout)."""
+    the tiny exports, a small random frozen vision tower, 10 % condition dropout, no frame
+    shift)."""
     c = base_train_config("unet", "image", preset)
     c.grad_scale = 0.5
     c.data.input = ml_collections.ConfigDict(dict(mode="i2mv", batch_size=8, resolution=256,
@@ -54,7 +55,10 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
         # condition dropout (caption → negative prompt and a zero CLIP image embedding, the
         # sampler's uncond branch) so that CFG has a trained unconditional branch; the released
         # recipe has none (spec §4: p_zero 0 for images)
-        c.data.input.update(batch_size=4, resolution=64, caption_dropout=0.1)
+        # no cyclic frame shift: the released shift (spec §7.1) rotates the object against the
+        # fixed camera labels, so the generated orbit starts at a random azimuth relative to the
+        # input; without it frame 0 is the input view, as sample.py / eval.py assume
+        c.data.input.update(batch_size=4, resolution=64, caption_dropout=0.1, frame_shift=False)
         # started from the tiny text UNet: only the image-conditioning layers start random
         c.models.unet = model_entry(config=dict(variant="image", image_embed_dim=64,
                                                 **TINY_UNET), seed=0,

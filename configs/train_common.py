@@ -22,7 +22,8 @@ TINY_UNET = dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                  context_dim=64, norm_groups=8, resblock_dropout=0.0, temporal_conv_dropout=0.0)
 TINY_LGM = dict(input_size=64, splat_size=32, output_size=64, down_channels=(16, 32, 64),
                 down_attention=(False, False, True), up_channels=(64, 32),
-                up_attention=(True, False), attention_heads=4, norm_groups=8, layers_per_block=1)
+                up_attention=(True, False), attention_heads=4, norm_groups=8, layers_per_block=1,
+                quat_norm="across_gaussians")
 
 
 def base_train_config(stage: str, variant: str, preset: str) -> ml_collections.ConfigDict:

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     rgba = jnp.asarray(render_scene(random_scene(args.scene_seed, 2, 0.5), 24, 64, 15.0, 1.645)[0])
     rgb = rgba[..., :3] + (1.0 - rgba[..., 3:]) * bg
     c2w = normalize_poses(jnp.asarray(orbit_cameras(24, 15.0, 1.645)))
-    cfg = LGMConfig(**{**TINY_LGM, **json.loads(args.lgm)}, quat_norm=args.quat_norm)
+    cfg = LGMConfig(**{**TINY_LGM, **json.loads(args.lgm), "quat_norm": args.quat_norm})
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.lr))
 
     def render_loss(gaussians, sup):

@@ -37,7 +37,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 
 #: SHA-256 of the shipped ``manifest.json`` (which holds the SHA-256 of every weight file).
-MANIFEST_SHA256 = "c531fa5ef11a993a6989b6731ab01f713b6905c95f03dd9ca0795048b9d74781"
+MANIFEST_SHA256 = "25be893d49788e4bb772074768c3ecd054df17b59bfb5b74d4f5edd6829a94e2"
 
 
 class TinyWeightsError(RuntimeError):
