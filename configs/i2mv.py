@@ -42,8 +42,10 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
     shift)."""
     c = base_train_config("unet", "image", preset)
     c.grad_scale = 0.5
+    # released: no condition dropout, cyclic frame shift on (spec §4, §7.1)
     c.data.input = ml_collections.ConfigDict(dict(mode="i2mv", batch_size=8, resolution=256,
-                                                  seed=0))
+                                                  seed=0, caption_dropout=0.0,
+                                                  frame_shift=True))
     c.train.ema_decay = 0.9999
     c.task = ml_collections.ConfigDict(dict(train_text_encoder=False))
     if preset == "full":

@@ -543,6 +543,7 @@ def synthetic_batches(
     }
     if cfg.mode == "i2mv":
         local["cond_image"] = local["frames"][:, 0].copy()
+        local["condition_dropped"] = np.zeros(b, np.float32)
     if cfg.hr_resolution is not None:
         hr = cfg.hr_resolution
         local["frames_hr"] = rng.uniform(-1, 1, (b, f, hr, hr, 3)).astype(np.float32)
