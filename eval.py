@@ -440,7 +440,9 @@ def cmd_shapes(args: argparse.Namespace) -> int:
         if args.save_views:
             image_io.write_image(os.path.join(args.out, "views", f"{i:03d}_gt.png"),
                                  image_io.image_grid(gt, cols=6))
+        n_obj = len(scene.primitives)
         records.append({"sample": f"{i:03d}_seed{seed}", "seed": seed, "prompt": scene.caption,
+                        "group": f"{n_obj} object{'s' if n_obj > 1 else ''}",
                         "timings": {**result.timings, "generate_and_gt_s": gen_s},
                         "rasterizer_overflow": result.overflow, "variants": variants,
                         "details": details})

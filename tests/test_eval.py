@@ -327,6 +327,32 @@ def test_report_pil_backend_and_unavailable_lpips(tmp_path):
     assert summary["plot_backend"] == "pil" and len(out["samples"]) == 4
 
 
+def test_report_groups_match_hand_computed_subsets(tmp_path):
+    """Records naming a group get one table per group whose means are those of the subset."""
+    vals = {"1 object": [27.0, 29.0], "2 objects": [18.0, 20.0, 22.0]}
+    records = [{"sample": f"{g[0]}{i}", "group": g,
+                "variants": {"aware": {"metrics": {"ref_psnr": v + 0.5}},
+                             "plain": {"metrics": {"ref_psnr": v}}}}
+               for g, vs in vals.items() for i, v in enumerate(vs)]
+    records.append({"sample": "ungrouped", "variants": {
+        "aware": {"metrics": {"ref_psnr": 5.5}}, "plain": {"metrics": {"ref_psnr": 5.0}}}})
+    report.write_report(str(tmp_path), records, "t", plot_backend="pil")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["groups"]) == ["1 object", "2 objects"]  # order of first appearance
+    for g, vs in vals.items():
+        agg = summary["groups"][g]
+        assert agg["num_samples"] == len(vs)
+        assert agg["variants"]["plain"]["ref_psnr"]["mean"] == pytest.approx(np.mean(vs))
+        assert agg["variants"]["aware"]["ref_psnr"]["mean"] == pytest.approx(np.mean(vs) + 0.5)
+        assert agg["paired"]["ref_psnr"]["mean"] == pytest.approx(0.5)
+    # the totals still include the ungrouped record
+    total = np.mean([v for vs in vals.values() for v in vs] + [5.0])
+    assert summary["aggregate"]["variants"]["plain"]["ref_psnr"]["mean"] == pytest.approx(total)
+    md = (tmp_path / "report.md").read_text()
+    assert "### 1 object (2 sample(s))" in md and "### 2 objects (3 sample(s))" in md
+    assert "| PSNR vs GT (dB) ↑ | 28.50 ± " in md.split("### 1 object")[1].split("###")[0]
+
+
 # ---- eval.py end to end -------------------------------------------------------------------------
 
 

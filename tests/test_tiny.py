@@ -213,6 +213,15 @@ def test_eval_shapes_default_model(tmp_path):
     assert summary["settings"]["world"] == {"max_objects": 2, "fit_radius": 0.5}
     report = (out / "report.md").read_text()
     assert "aware" in report and "plain" in report
+    # each sample is grouped by its scene's object count, and the report has a table per group
+    from videomv_jax.data.shapes import random_scene
+
+    for path in samples:
+        r = json.loads(path.read_text())
+        n = len(random_scene(r["seed"], 2, 0.5).primitives)
+        assert r["group"] == ("1 object" if n == 1 else f"{n} objects")
+        assert f"### {r['group']} (" in report
+    assert sum(g["num_samples"] for g in summary["groups"].values()) == 2
     assert (out / "metrics.png").is_file() and (out / "paired.png").is_file()
 
 

@@ -42,7 +42,13 @@ from videomv_jax.eval.metrics import (
     ssim,
     summarize,
 )
-from videomv_jax.eval.report import METRICS, aggregate, markdown_table, write_report
+from videomv_jax.eval.report import (
+    METRICS,
+    aggregate,
+    aggregate_groups,
+    markdown_table,
+    write_report,
+)
 
 __all__ = [
     "DEFAULT_LGM_INPUT_VIEWS",
@@ -52,6 +58,7 @@ __all__ = [
     "FolderError",
     "ViewSet",
     "aggregate",
+    "aggregate_groups",
     "bootstrap_ci",
     "camera_angle_error",
     "detect_layout",

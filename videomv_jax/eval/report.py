@@ -15,7 +15,10 @@ as ``n/a`` and stored as ``null``, never replaced by a number. Aggregates use
 :func:`~videomv_jax.eval.metrics.summarize` (Student-t interval; PSNR capped at
 :data:`~videomv_jax.eval.metrics.PSNR_CAP_DB`). When both variants of :data:`PAIR` are present
 for the same samples, the paired difference ``aware - plain`` gets its own t interval and
-paired t-test p-value (:func:`~videomv_jax.eval.metrics.paired_ci`).
+paired t-test p-value (:func:`~videomv_jax.eval.metrics.paired_ci`). A record may name a
+``"group"`` (``eval.py shapes``: "1 object" / "2 objects"); the report then adds one table
+per group (:func:`aggregate_groups`), because a mean over mixed scene kinds can hide where a
+model fails.
 
 Plots use matplotlib when it is installed, else a PIL drawing (same content, plainer look).
 """
@@ -33,7 +36,7 @@ import numpy as np
 
 from videomv_jax.eval.metrics import PSNR_CAP_DB, paired_ci, summarize
 
-__all__ = ["METRICS", "PAIR", "aggregate", "markdown_table", "write_report"]
+__all__ = ["METRICS", "PAIR", "aggregate", "aggregate_groups", "markdown_table", "write_report"]
 
 METRICS: dict[str, tuple[str, bool]] = {
     "ref_psnr": ("PSNR vs GT (dB)", True),
@@ -109,6 +112,23 @@ def aggregate(records: Sequence[Mapping], confidence: float = 0.95) -> dict[str,
             a = _capped(np.asarray([p[0] for p in pairs], np.float64), m)
             b = _capped(np.asarray([p[1] for p in pairs], np.float64), m)
             out["paired"][m] = paired_ci(a, b, confidence)
+    return out
+
+
+def aggregate_groups(records: Sequence[Mapping], confidence: float = 0.95
+                     ) -> dict[str, dict[str, Any]]:
+    """:func:`aggregate` over each ``record["group"]`` (e.g. the number of objects in a shapes
+    scene), in order of first appearance, with ``num_samples`` added; ``{}`` when no record
+    names a group. Records without a group are left out of the groups (not of the totals)."""
+    names: list[str] = []
+    for r in records:
+        g = r.get("group")
+        if g is not None and str(g) not in names:
+            names.append(str(g))
+    out = {}
+    for name in names:
+        subset = [r for r in records if r.get("group") is not None and str(r["group"]) == name]
+        out[name] = {**aggregate(subset, confidence), "num_samples": len(subset)}
     return out
 
 
@@ -418,6 +438,7 @@ def write_report(out_dir: str, records: Sequence[Mapping], title: str = "Evaluat
     if notes:
         lines.append("")
     lines += [markdown_table(agg), ""]
+    groups = aggregate_groups(records, confidence)
     text = (f"Mean over {len(records)} sample(s) ± half-width of the "
             f"{int(round(confidence * 100))}% Student-t interval; n/a = not measured "
             f"(e.g. LPIPS without weights). PSNR values above {PSNR_CAP_DB:g} dB "
@@ -430,6 +451,10 @@ def write_report(out_dir: str, records: Sequence[Mapping], title: str = "Evaluat
     for p in plots:
         lines.append(f"![{os.path.basename(p)}]({os.path.basename(p)})")
     lines.append("")
+    if groups:
+        lines += ["## By group", ""]
+        for name, g in groups.items():
+            lines += [f"### {name} ({g['num_samples']} sample(s))", "", markdown_table(g), ""]
     lines.append("Per-sample values: `samples/*.json`; aggregates: `summary.json`.")
     if settings:
         lines += ["", "## Settings", "", "```json",
@@ -439,7 +464,8 @@ def write_report(out_dir: str, records: Sequence[Mapping], title: str = "Evaluat
         f.write("\n".join(lines) + "\n")
     summary = {"title": title, "num_samples": len(records), "aggregate": agg,
                "settings": dict(settings or {}), "notes": list(notes),
-               "plots": [os.path.basename(p) for p in plots], "plot_backend": backend}
+               "groups": groups, "plots": [os.path.basename(p) for p in plots],
+               "plot_backend": backend}
     _dump(os.path.join(out_dir, "summary.json"), summary)
     return {"aggregate": agg, "report": report, "summary": os.path.join(out_dir, "summary.json"),
             "plots": plots, "samples": sample_files}
