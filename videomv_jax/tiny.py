@@ -37,7 +37,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 
 #: SHA-256 of the shipped ``manifest.json`` (which holds the SHA-256 of every weight file).
-MANIFEST_SHA256 = "25be893d49788e4bb772074768c3ecd054df17b59bfb5b74d4f5edd6829a94e2"
+MANIFEST_SHA256 = "42fea37ac4d547571c8a42d2268d5c459602bed37063bb5a7d8b8a6ca1667a54"
 
 
 class TinyWeightsError(RuntimeError):
