@@ -120,16 +120,12 @@ def aggregate_groups(records: Sequence[Mapping], confidence: float = 0.95
     """:func:`aggregate` over each ``record["group"]`` (e.g. the number of objects in a shapes
     scene), in order of first appearance, with ``num_samples`` added; ``{}`` when no record
     names a group. Records without a group are left out of the groups (not of the totals)."""
-    names: list[str] = []
+    subsets: dict[str, list[Mapping]] = {}  # dicts keep insertion (first-appearance) order
     for r in records:
-        g = r.get("group")
-        if g is not None and str(g) not in names:
-            names.append(str(g))
-    out = {}
-    for name in names:
-        subset = [r for r in records if r.get("group") is not None and str(r["group"]) == name]
-        out[name] = {**aggregate(subset, confidence), "num_samples": len(subset)}
-    return out
+        if r.get("group") is not None:
+            subsets.setdefault(str(r["group"]), []).append(r)
+    return {name: {**aggregate(subset, confidence), "num_samples": len(subset)}
+            for name, subset in subsets.items()}
 
 
 def _fmt(x: float | None, metric: str) -> str:
@@ -412,6 +408,7 @@ def write_report(out_dir: str, records: Sequence[Mapping], title: str = "Evaluat
         raise ValueError("write_report needs at least one sample record")
     os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
     agg = aggregate(records, confidence)
+    groups = aggregate_groups(records, confidence)
     per_view_metrics = [m for m in ("ref_psnr",) if m in agg["metrics"]]
     per_view = _per_view_curves(records, per_view_metrics)
     backend = plot_backend
@@ -438,7 +435,6 @@ def write_report(out_dir: str, records: Sequence[Mapping], title: str = "Evaluat
     if notes:
         lines.append("")
     lines += [markdown_table(agg), ""]
-    groups = aggregate_groups(records, confidence)
     text = (f"Mean over {len(records)} sample(s) ± half-width of the "
             f"{int(round(confidence * 100))}% Student-t interval; n/a = not measured "
             f"(e.g. LPIPS without weights). PSNR values above {PSNR_CAP_DB:g} dB "
