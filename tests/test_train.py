@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -586,3 +587,55 @@ def test_init_from_copies_matching_params_and_extends_input_channels(tmp_path):
     save_converted(tmp_path / "lgm", "lgm", LGM_CFG, _build(LGM, LGM_CFG, 0), {"random": True})
     with pytest.raises(ValueError, match="shares no parameter"):
         init_partial(image, str(tmp_path / "lgm"))
+
+
+def test_deepen_text_encoder_keeps_the_output_and_trains_the_new_blocks(tmp_path):
+    """Growing a text tower (videomv-tiny's fifth round): the deepened tower gives the same
+    tokens bit for bit, the blocks the old tower ran keep their weights, the newly active ones
+    start with zero output projections and get a gradient in the first step; the CLI writes a
+    loadable directory with the tokenizer and refuses a shallower target."""
+    from videomv_jax.convert.checkpoint import load_converted, save_converted
+    from videomv_jax.train.grow import deepen_text_encoder
+
+    cfg = CLIPTextConfig.tiny(layers=2, context_length=16)
+    small = CLIPTextModel(cfg, rngs=nnx.Rngs(0))
+    deep = deepen_text_encoder(small, 4, seed=5)
+    assert deep.config.layers == 4 and deep.config.output_layer == "penultimate"
+    ids = jax.random.randint(jax.random.key(1), (3, 16), 0, cfg.vocab_size)
+    np.testing.assert_array_equal(np.asarray(deep(ids)), np.asarray(small(ids)))
+    old = {tuple(map(str, p)): np.asarray(v.get_value())
+           for p, v in nnx.to_flat_state(nnx.state(small, nnx.Param))}
+    new = {tuple(map(str, p)): np.asarray(v.get_value())
+           for p, v in nnx.to_flat_state(nnx.state(deep, nnx.Param))}
+    for key, value in new.items():
+        block = int(key[2]) if key[:2] == ("transformer", "resblocks") else -1
+        if block == 0 or block < 0:  # the one block "penultimate" ran, embeddings, ln_final
+            np.testing.assert_array_equal(value, old[key])
+        elif key[3:5] in (("attn", "out_proj"), ("mlp", "c_proj")) and block <= 2:
+            assert not value.any(), key
+    assert new[("transformer", "resblocks", "1", "attn", "in_proj", "kernel")].std() > 0
+
+    def loss(m):
+        return jnp.mean((m(ids) - 1.0) ** 2)
+
+    grads = nnx.grad(loss)(deep)
+    flat = {tuple(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads)}
+    for block in ("1", "2"):
+        for layer in (("mlp", "c_proj"), ("attn", "out_proj")):
+            assert np.abs(flat[("transformer", "resblocks", block, *layer, "kernel")]).max() > 0
+    with pytest.raises(ValueError, match="more blocks"):
+        deepen_text_encoder(small, 2)
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "grow_text_encoder", Path(__file__).resolve().parents[1] / "tools" / "grow_text_encoder.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / "tok").mkdir()
+    save_converted(tmp_path / "src", "clip-text", cfg, small, {"random": True},
+                   extra_files=[(tmp_path / "tok", "tokenizer")])
+    assert tool.main([str(tmp_path / "src"), str(tmp_path / "out"), "--layers", "3"]) == 0
+    loaded, _ = load_converted(tmp_path / "out")
+    assert loaded.config.layers == 3 and (tmp_path / "out" / "tokenizer").is_dir()
+    np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(small(ids)))
