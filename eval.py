@@ -128,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "world with the default model, else 3)")
     s.add_argument("--fit-radius", type=float,
                    help="shapes scenes: recentre/scale to this radius (default as above)")
+    s.add_argument("--next-to", choices=("random", "left_right"), default=None,
+                   help="shapes scenes: 'next to' pairs along a random axis or left to right "
+                        "from the first view (default as above, else random)")
     s.add_argument("--no-lgm", action="store_true", help="skip score (a)")
     s.add_argument("--save-views", action="store_true",
                    help="also write each sample's generated and GT views as PNG grids")
@@ -388,13 +391,15 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     if bg == "auto":
         raise UsageError("--background must be a colour for the ground truth")
     cbg = _parse_rgb(args.consistency_background, "--consistency-background")
-    world = {"max_objects": 3, "fit_radius": None}
+    world = {"max_objects": 3, "fit_radius": None, "next_to": "random"}
     if default_model:
         world.update(manifest.get("world_config", {}))
     if args.max_objects is not None:
         world["max_objects"] = args.max_objects
     if args.fit_radius is not None:
         world["fit_radius"] = args.fit_radius
+    if args.next_to is not None:
+        world["next_to"] = args.next_to
     t0 = time.perf_counter()
     pipe = MultiViewPipeline.from_checkpoints(args.checkpoint_dir, cfg)
     load_s = time.perf_counter() - t0
@@ -412,7 +417,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     for i in tqdm(range(args.num_samples), desc="shapes", unit="sample"):
         seed = args.seed_offset + i
-        scene = random_scene(seed, world["max_objects"], world["fit_radius"])
+        scene = random_scene(seed, world["max_objects"], world["fit_radius"], world["next_to"])
         t_s = time.perf_counter()
         rgba, _ = render_scene(scene, cfg.num_frames, res, float(cfg.elevation),
                                float(cfg.distance), fovy)
@@ -453,7 +458,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
              f"the same noise",
              f"ground truth: analytic ray-cast renders at the same cameras, composited on {bg}; "
              f"scenes random_scene(seed, max_objects={world['max_objects']}, "
-             f"fit_radius={world['fit_radius']})",
+             f"fit_radius={world['fit_radius']}, next_to={world['next_to']!r})",
              lpips_note,
              "consistency (a): LGM from views " + str(lgm_idx) + " scored on the others"
              if lgm is not None else "consistency (a): not run",

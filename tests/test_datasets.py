@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -222,6 +223,28 @@ def test_shapes_builder_round_trip(shapes_ds):
         np.testing.assert_array_equal(ex["depth"], depth)
         np.testing.assert_allclose(ex["c2w"], c2w, atol=1e-6)
         assert ex["caption"].decode() == scene.caption
+
+
+def test_shapes_next_to_setting_reaches_the_examples_and_the_folder_name():
+    """``next_to`` goes from ShapesConfig to the scenes (the left-to-right world of
+    videomv-tiny's fifth round), names its own data folder and is validated."""
+    cfg = builders.ShapesConfig(name="lr", resolution=16, max_objects=2, fit_radius=0.5,
+                                next_to="left_right")
+    seed = next(s for s in range(100)
+                if random_scene(s, 2, 0.5).layout == "next to"
+                and random_scene(s, 2, 0.5) != random_scene(s, 2, 0.5, "left_right"))
+    ex = builders.shapes_example(cfg, seed)
+    scene = random_scene(seed, 2, 0.5, "left_right")
+    rgba, _ = render_scene(scene, V, 16, 15.0, 1.645, DEFAULT_FOVY_DEG)
+    np.testing.assert_array_equal(ex["views"], np.rint(rgba * 255).astype(np.uint8))
+    other = builders.shapes_example(dataclasses.replace(cfg, next_to="random"), seed)
+    assert not np.array_equal(ex["views"], other["views"])
+    name = builders._default_name("shapes", {"num_objects": 12000, "max_objects": 2,
+                                             "fit_radius": 0.5, "next_to": "left_right"})
+    assert name == "n12000_s0_r64_m2_fit0.5_left_right"
+    assert not builders._default_name("shapes", {"next_to": "random"}).endswith("random")
+    with pytest.raises(ValueError, match="next_to"):
+        builders.ShapesConfig(name="bad", next_to="front_back")
 
 
 def test_shapes_depth_is_analytic(tmp_path, monkeypatch):

@@ -184,3 +184,30 @@ def test_max_objects_and_fit_radius():
         random_scene(0, max_objects=4)
     with pytest.raises(ValueError, match="fit_radius"):
         random_scene(0, fit_radius=0.9)
+
+
+def test_next_to_left_right_is_caption_order_from_the_first_view():
+    """``next_to="left_right"`` changes only the "next to" scenes, puts them along y, and the
+    first-named object is the left one in view 0 (and the right one in view 12, behind)."""
+    checked = 0
+    for seed in range(60):
+        plain = random_scene(seed, max_objects=2, fit_radius=0.5)
+        lr = random_scene(seed, max_objects=2, fit_radius=0.5, next_to="left_right")
+        if plain.layout != "next to":
+            assert plain == lr
+            continue
+        assert lr.caption == plain.caption
+        assert all(abs(p.center[0]) < 1e-12 for p in lr.primitives)
+        if checked < 2:
+            cols = []
+            for p in lr.primitives:
+                rgba, _ = render_scene(Scene((p,), ""), num_views=24, resolution=32)
+                alpha = rgba[..., 3]
+                w = np.arange(32)[None, None, :]
+                cols.append((alpha * w).sum((1, 2)) / alpha.sum((1, 2)))  # mean column per view
+            first, second = cols
+            assert first[0] < 16 < second[0] and first[12] > 16 > second[12], (seed, cols)
+        checked += 1
+    assert checked >= 5
+    with pytest.raises(ValueError, match="next_to"):
+        random_scene(0, next_to="front_back")

@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--fit-radius", type=float, default=None,
                    help="recentre and scale every scene to this bounding radius (at most 0.5; "
                         "drops size words from captions; videomv-tiny uses 0.5)")
+    s.add_argument("--next-to", choices=("random", "left_right"), default="random",
+                   help="'next to' pairs along a random horizontal axis, or left to right as "
+                        "seen from the first view (the caption then fixes the layout)")
     g = p.add_argument_group("G-Objaverse")
     g.add_argument("--gobjaverse-root", default=None, help="root of the G-Objaverse renders")
     g.add_argument("--captions", default=None, help="captions JSON keyed by 'dir/id'")
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         name = "shapes"
         config.update(num_objects=args.num_objects, seed_offset=args.seed_offset,
                       resolution=args.resolution or 64, max_objects=args.max_objects,
-                      fit_radius=args.fit_radius,
+                      fit_radius=args.fit_radius, next_to=args.next_to,
                       elevation_range=None if args.elevation_range is None
                       else tuple(args.elevation_range))
     try:

@@ -126,13 +126,15 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
     ``elevation_range``: ``None`` for the fixed :data:`SHAPES_ELEVATION_DEG`, or ``(lo, hi)``
     degrees drawn per object from its seed. ``hr_resolution`` also renders ``views_hr``.
-    ``max_objects`` and ``fit_radius`` go to :func:`~videomv_jax.data.shapes.random_scene`.
+    ``max_objects``, ``fit_radius`` and ``next_to`` go to
+    :func:`~videomv_jax.data.shapes.random_scene`.
     """
 
     num_objects: int = 8
     seed_offset: int = 0
     max_objects: int = 3
     fit_radius: float | None = None
+    next_to: str = "random"
     resolution: int = 64
     hr_resolution: int | None = None
     distance: float = SHAPES_DISTANCE
@@ -156,6 +158,9 @@ class ShapesConfig(tfds.core.BuilderConfig):
             raise ValueError(f"max_objects must be 1, 2 or 3, got {self.max_objects!r}")
         if self.fit_radius is not None and not 0 < self.fit_radius <= 0.5:
             raise ValueError(f"fit_radius must be in (0, 0.5], got {self.fit_radius!r}")
+        if self.next_to not in shapes_lib.NEXT_TO:
+            raise ValueError(f"next_to must be one of {shapes_lib.NEXT_TO}, got "
+                             f"{self.next_to!r}")
         if self.elevation_range is not None:
             lo, hi = self.elevation_range
             if not -90 < lo <= hi < 90:
@@ -276,7 +281,7 @@ def shapes_elevation(config: ShapesConfig, seed: int) -> float:
 
 def shapes_example(config: ShapesConfig, seed: int) -> dict[str, Any]:
     """One :class:`Shapes` example (feature dict) for scene seed ``seed``."""
-    scene = shapes_lib.random_scene(seed, config.max_objects, config.fit_radius)
+    scene = shapes_lib.random_scene(seed, config.max_objects, config.fit_radius, config.next_to)
     elev = shapes_elevation(config, seed)
     rgba, depth = shapes_lib.render_scene(
         scene, NUM_VIEWS, config.resolution, elev, config.distance, config.fovy_deg
@@ -372,6 +377,8 @@ def _default_name(kind: str, cfg: dict[str, Any]) -> str:
             tail += f"_m{cfg['max_objects']}"
         if cfg.get("fit_radius") is not None:
             tail += f"_fit{cfg['fit_radius']:g}"
+        if cfg.get("next_to", "random") != "random":
+            tail += f"_{cfg['next_to']}"
         return f"n{cfg.get('num_objects', 8)}_s{cfg.get('seed_offset', 0)}_r{res}{tail}"
     return f"r{res}{tail}"
 

@@ -149,12 +149,20 @@ def _phrase(p: Primitive, size_word: str) -> str:
     return ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
 
 
-def random_scene(seed: int, max_objects: int = 3, fit_radius: float | None = None) -> Scene:
+NEXT_TO = ("random", "left_right")
+
+
+def random_scene(seed: int, max_objects: int = 3, fit_radius: float | None = None,
+                 next_to: str = "random") -> Scene:
     """Random scene of one to ``max_objects`` (1–3) primitives, deterministic in ``seed``.
 
     Layout "on" stacks the primitives centred on the z axis (caption lists top to bottom: "a
-    red cube on a blue sphere"); "next to" puts them in a row along x or y on a common ground
-    ("a red cube next to a blue sphere"; three: "a A, a B and a C side by side"). Size words
+    red cube on a blue sphere"); "next to" puts them in a row on a common ground ("a red cube
+    next to a blue sphere"; three: "a A, a B and a C side by side"), in caption order along x
+    or y drawn at random (``next_to="random"``), or along y (``"left_right"``): from left to
+    right as seen from the orbit's first view (azimuth 0, on the +x axis), so that the caption
+    fixes the layout instead of leaving two orientations 90° apart. Both settings draw the same
+    random numbers, so every other scene is identical between them. Size words
     "small" / "large" are added for half sizes below 0.15 / above 0.25 (before any rescale
     to fit, which only shrinks multi-object scenes). Everything lies inside [-0.5, 0.5]^3.
 
@@ -167,6 +175,8 @@ def random_scene(seed: int, max_objects: int = 3, fit_radius: float | None = Non
     if fit_radius is not None and not 0 < fit_radius <= 0.5:
         raise ValueError(f"fit_radius must be in (0, 0.5] (the scene stays inside the unit "
                          f"cube), got {fit_radius!r}")
+    if next_to not in NEXT_TO:
+        raise ValueError(f"next_to must be one of {NEXT_TO}, got {next_to!r}")
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, max_objects + 1))
     kinds = [str(k) for k in rng.choice(KINDS, size=n)]
@@ -193,6 +203,8 @@ def random_scene(seed: int, max_objects: int = 3, fit_radius: float | None = Non
             z += 2 * he[i, 2]
     elif layout == "next to":
         axis = int(rng.integers(0, 2))
+        if next_to == "left_right":
+            axis = 1  # +y is the first view's right-hand side
         gap = 0.04
         width = 2 * he[:, axis].sum() + gap * (n - 1)
         he_scale = min(1.0, (2 * limit - gap * (n - 1)) / (2 * he[:, axis].sum()))
