@@ -131,6 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--next-to", choices=("random", "left_right"), default=None,
                    help="shapes scenes: 'next to' pairs along a random axis or left to right "
                         "from the first view (default as above, else random)")
+    s.add_argument("--max-size-ratio", type=float, default=None,
+                   help="shapes scenes: largest size ratio between a scene's objects "
+                        "(default as above, else independent sizes)")
     s.add_argument("--no-lgm", action="store_true", help="skip score (a)")
     s.add_argument("--save-views", action="store_true",
                    help="also write each sample's generated and GT views as PNG grids")
@@ -391,7 +394,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     if bg == "auto":
         raise UsageError("--background must be a colour for the ground truth")
     cbg = _parse_rgb(args.consistency_background, "--consistency-background")
-    world = {"max_objects": 3, "fit_radius": None, "next_to": "random"}
+    world = {"max_objects": 3, "fit_radius": None, "next_to": "random", "max_size_ratio": None}
     if default_model:
         world.update(manifest.get("world_config", {}))
     if args.max_objects is not None:
@@ -400,6 +403,13 @@ def cmd_shapes(args: argparse.Namespace) -> int:
         world["fit_radius"] = args.fit_radius
     if args.next_to is not None:
         world["next_to"] = args.next_to
+    if args.max_size_ratio is not None:
+        world["max_size_ratio"] = args.max_size_ratio
+    try:  # check the world before the models load
+        random_scene(0, world["max_objects"], world["fit_radius"], world["next_to"],
+                     world["max_size_ratio"])
+    except ValueError as err:
+        raise UsageError(f"shapes world: {err}") from None
     t0 = time.perf_counter()
     pipe = MultiViewPipeline.from_checkpoints(args.checkpoint_dir, cfg)
     load_s = time.perf_counter() - t0
@@ -417,7 +427,8 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     for i in tqdm(range(args.num_samples), desc="shapes", unit="sample"):
         seed = args.seed_offset + i
-        scene = random_scene(seed, world["max_objects"], world["fit_radius"], world["next_to"])
+        scene = random_scene(seed, world["max_objects"], world["fit_radius"], world["next_to"],
+                             world["max_size_ratio"])
         t_s = time.perf_counter()
         rgba, _ = render_scene(scene, cfg.num_frames, res, float(cfg.elevation),
                                float(cfg.distance), fovy)
@@ -458,7 +469,8 @@ def cmd_shapes(args: argparse.Namespace) -> int:
              f"the same noise",
              f"ground truth: analytic ray-cast renders at the same cameras, composited on {bg}; "
              f"scenes random_scene(seed, max_objects={world['max_objects']}, "
-             f"fit_radius={world['fit_radius']}, next_to={world['next_to']!r})",
+             f"fit_radius={world['fit_radius']}, next_to={world['next_to']!r}, "
+             f"max_size_ratio={world['max_size_ratio']})",
              lpips_note,
              "consistency (a): LGM from views " + str(lgm_idx) + " scored on the others"
              if lgm is not None else "consistency (a): not run",

@@ -247,6 +247,27 @@ def test_shapes_next_to_setting_reaches_the_examples_and_the_folder_name():
         builders.ShapesConfig(name="bad", next_to="front_back")
 
 
+def test_shapes_max_size_ratio_reaches_the_examples_and_the_folder_name():
+    """``max_size_ratio`` goes from ShapesConfig to the scenes (videomv-tiny's sixth-round
+    world), names its own data folder and is validated."""
+    cfg = builders.ShapesConfig(name="sr", resolution=16, max_objects=2, fit_radius=0.5,
+                                next_to="left_right", max_size_ratio=1.25)
+    seed = next(s for s in range(100) if random_scene(s, 2, 0.5, "left_right")
+                != random_scene(s, 2, 0.5, "left_right", 1.25))
+    ex = builders.shapes_example(cfg, seed)
+    scene = random_scene(seed, 2, 0.5, "left_right", 1.25)
+    rgba, _ = render_scene(scene, V, 16, 15.0, 1.645, DEFAULT_FOVY_DEG)
+    np.testing.assert_array_equal(ex["views"], np.rint(rgba * 255).astype(np.uint8))
+    assert ex["caption"] == scene.caption
+    name = builders._default_name("shapes", {"num_objects": 12000, "max_objects": 2,
+                                             "fit_radius": 0.5, "next_to": "left_right",
+                                             "max_size_ratio": 1.25})
+    assert name == "n12000_s0_r64_m2_fit0.5_left_right_sr1.25"
+    for bad in (0.9, 3.5):
+        with pytest.raises(ValueError, match="max_size_ratio"):
+            builders.ShapesConfig(name="bad", max_size_ratio=bad)
+
+
 def test_shapes_depth_is_analytic(tmp_path, monkeypatch):
     radius, dist, res = 0.3, builders.SHAPES_DISTANCE, 32
     sphere = Scene((Primitive("sphere", "red", (0.0, 0.0, 0.0), (radius,) * 3),), "a red sphere")

@@ -8,6 +8,7 @@ import pytest
 from videomv_jax.data.shapes import (
     AMBIENT,
     PALETTE,
+    SIZE_RANGE,
     TORUS_TOLERANCE,
     Primitive,
     Scene,
@@ -211,3 +212,40 @@ def test_next_to_left_right_is_caption_order_from_the_first_view():
     assert checked >= 5
     with pytest.raises(ValueError, match="next_to"):
         random_scene(0, next_to="front_back")
+
+
+
+def test_max_size_ratio_bounds_pairs_and_leaves_single_objects_alone():
+    """``max_size_ratio`` shrinks every log size ratio of a scene by log(r) / log(3.2) (so the
+    ratio stays within r; 1 = equal sizes) and changes nothing else: single objects, captions
+    (no size words in the fitted world), kinds, colours and layouts are those of the unbounded
+    scene."""
+    full = SIZE_RANGE[1] / SIZE_RANGE[0]
+    checked = 0
+    for seed in range(120):
+        free = random_scene(seed, 2, 0.5, "left_right")
+        bound = random_scene(seed, 2, 0.5, "left_right", max_size_ratio=1.25)
+        equal = random_scene(seed, 2, 0.5, "left_right", max_size_ratio=1.0)
+        if len(free.primitives) == 1:
+            assert free == bound == equal
+            continue
+        assert free.caption == bound.caption == equal.caption
+        assert free.layout == bound.layout == equal.layout
+        if not all(p.noun in ("sphere", "cube") for p in free.primitives):
+            continue
+        # spheres and cubes have half extents (s, s, s): the ratio of their first half
+        # extents is the size ratio (every rescale, to fit or to the radius, is common)
+        def log_ratio(scene):
+            a, b = (p.half_extents[0] for p in scene.primitives)
+            return np.log(b / a)
+
+        np.testing.assert_allclose(log_ratio(bound), log_ratio(free) * np.log(1.25) / np.log(full),
+                                   rtol=1e-9, atol=1e-12)
+        assert abs(log_ratio(bound)) <= np.log(1.25) + 1e-12
+        assert abs(log_ratio(equal)) < 1e-12
+        checked += 1
+    assert checked >= 3
+    with pytest.raises(ValueError, match="max_size_ratio"):
+        random_scene(0, max_size_ratio=0.5)
+    with pytest.raises(ValueError, match="max_size_ratio"):
+        random_scene(0, max_size_ratio=4.0)

@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--next-to", choices=("random", "left_right"), default="random",
                    help="'next to' pairs along a random horizontal axis, or left to right as "
                         "seen from the first view (the caption then fixes the layout)")
+    s.add_argument("--max-size-ratio", type=float, default=None,
+                   help="largest size ratio between the objects of a scene, at least 1 "
+                        "(default: independent sizes, up to 3.2x; captions do not name sizes "
+                        "with --fit-radius, so a small ratio lets the caption fix the scene)")
     g = p.add_argument_group("G-Objaverse")
     g.add_argument("--gobjaverse-root", default=None, help="root of the G-Objaverse renders")
     g.add_argument("--captions", default=None, help="captions JSON keyed by 'dir/id'")
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         config.update(num_objects=args.num_objects, seed_offset=args.seed_offset,
                       resolution=args.resolution or 64, max_objects=args.max_objects,
                       fit_radius=args.fit_radius, next_to=args.next_to,
+                      max_size_ratio=args.max_size_ratio,
                       elevation_range=None if args.elevation_range is None
                       else tuple(args.elevation_range))
     try:

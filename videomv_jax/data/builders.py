@@ -126,7 +126,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
     ``elevation_range``: ``None`` for the fixed :data:`SHAPES_ELEVATION_DEG`, or ``(lo, hi)``
     degrees drawn per object from its seed. ``hr_resolution`` also renders ``views_hr``.
-    ``max_objects``, ``fit_radius`` and ``next_to`` go to
+    ``max_objects``, ``fit_radius``, ``next_to`` and ``max_size_ratio`` go to
     :func:`~videomv_jax.data.shapes.random_scene`.
     """
 
@@ -135,6 +135,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
     max_objects: int = 3
     fit_radius: float | None = None
     next_to: str = "random"
+    max_size_ratio: float | None = None
     resolution: int = 64
     hr_resolution: int | None = None
     distance: float = SHAPES_DISTANCE
@@ -161,6 +162,10 @@ class ShapesConfig(tfds.core.BuilderConfig):
         if self.next_to not in shapes_lib.NEXT_TO:
             raise ValueError(f"next_to must be one of {shapes_lib.NEXT_TO}, got "
                              f"{self.next_to!r}")
+        top = shapes_lib.SIZE_RANGE[1] / shapes_lib.SIZE_RANGE[0]
+        if self.max_size_ratio is not None and not 1.0 <= self.max_size_ratio <= top:
+            raise ValueError(f"max_size_ratio must be in [1, {top:g}] or None, got "
+                             f"{self.max_size_ratio!r}")
         if self.elevation_range is not None:
             lo, hi = self.elevation_range
             if not -90 < lo <= hi < 90:
@@ -281,7 +286,8 @@ def shapes_elevation(config: ShapesConfig, seed: int) -> float:
 
 def shapes_example(config: ShapesConfig, seed: int) -> dict[str, Any]:
     """One :class:`Shapes` example (feature dict) for scene seed ``seed``."""
-    scene = shapes_lib.random_scene(seed, config.max_objects, config.fit_radius, config.next_to)
+    scene = shapes_lib.random_scene(seed, config.max_objects, config.fit_radius, config.next_to,
+                                    config.max_size_ratio)
     elev = shapes_elevation(config, seed)
     rgba, depth = shapes_lib.render_scene(
         scene, NUM_VIEWS, config.resolution, elev, config.distance, config.fovy_deg
@@ -379,6 +385,8 @@ def _default_name(kind: str, cfg: dict[str, Any]) -> str:
             tail += f"_fit{cfg['fit_radius']:g}"
         if cfg.get("next_to", "random") != "random":
             tail += f"_{cfg['next_to']}"
+        if cfg.get("max_size_ratio") is not None:
+            tail += f"_sr{cfg['max_size_ratio']:g}"
         return f"n{cfg.get('num_objects', 8)}_s{cfg.get('seed_offset', 0)}_r{res}{tail}"
     return f"r{res}{tail}"
 

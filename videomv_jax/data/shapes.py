@@ -30,7 +30,9 @@ __all__ = [
     "AMBIENT",
     "KINDS",
     "LIGHT_DIR",
+    "NEXT_TO",
     "PALETTE",
+    "SIZE_RANGE",
     "TORUS_TOLERANCE",
     "Primitive",
     "Scene",
@@ -151,9 +153,12 @@ def _phrase(p: Primitive, size_word: str) -> str:
 
 NEXT_TO = ("random", "left_right")
 
+SIZE_RANGE: tuple[float, float] = (0.1, 0.32)
+"""Range of a primitive's overall half size in :func:`random_scene` (before any fit)."""
+
 
 def random_scene(seed: int, max_objects: int = 3, fit_radius: float | None = None,
-                 next_to: str = "random") -> Scene:
+                 next_to: str = "random", max_size_ratio: float | None = None) -> Scene:
     """Random scene of one to ``max_objects`` (1–3) primitives, deterministic in ``seed``.
 
     Layout "on" stacks the primitives centred on the z axis (caption lists top to bottom: "a
@@ -162,7 +167,11 @@ def random_scene(seed: int, max_objects: int = 3, fit_radius: float | None = Non
     or y drawn at random (``next_to="random"``), or along y (``"left_right"``): from left to
     right as seen from the orbit's first view (azimuth 0, on the +x axis), so that the caption
     fixes the layout instead of leaving two orientations 90° apart. Both settings draw the same
-    random numbers, so every other scene is identical between them. Size words
+    random numbers, so every other scene is identical between them. Overall half sizes are
+    drawn independently from :data:`SIZE_RANGE`, so the two objects of a pair can differ by up
+    to 3.2×; ``max_size_ratio`` (>= 1) narrows that: the log sizes of a multi-object scene are
+    pulled towards their mean until the largest ratio is at most ``max_size_ratio`` (1: equal
+    sizes), without drawing other random numbers, so single objects stay identical. Size words
     "small" / "large" are added for half sizes below 0.15 / above 0.25 (before any rescale
     to fit, which only shrinks multi-object scenes). Everything lies inside [-0.5, 0.5]^3.
 
@@ -177,11 +186,19 @@ def random_scene(seed: int, max_objects: int = 3, fit_radius: float | None = Non
                          f"cube), got {fit_radius!r}")
     if next_to not in NEXT_TO:
         raise ValueError(f"next_to must be one of {NEXT_TO}, got {next_to!r}")
+    if max_size_ratio is not None and not 1.0 <= max_size_ratio <= SIZE_RANGE[1] / SIZE_RANGE[0]:
+        raise ValueError(f"max_size_ratio must be in [1, {SIZE_RANGE[1] / SIZE_RANGE[0]:g}] "
+                         f"(1: equal sizes; None: independent sizes), got {max_size_ratio!r}")
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, max_objects + 1))
     kinds = [str(k) for k in rng.choice(KINDS, size=n)]
     colors = [str(c) for c in rng.choice(sorted(PALETTE), size=n, replace=False)]
-    sizes = rng.uniform(0.1, 0.32, size=n)
+    sizes = rng.uniform(*SIZE_RANGE, size=n)
+    if max_size_ratio is not None and n > 1:
+        # every pairwise log ratio shrinks by the same factor, keeping the geometric mean
+        logs = np.log(sizes)
+        shrink = np.log(max_size_ratio) / np.log(SIZE_RANGE[1] / SIZE_RANGE[0])
+        sizes = np.exp(logs.mean() + (logs - logs.mean()) * shrink)
     shapes = [_sample_shape(rng, k, float(s)) for k, s in zip(kinds, sizes, strict=True)]
     size_words = ["small" if s < 0.15 else "large" if s > 0.25 else "" for s in sizes]
     layout = "single" if n == 1 else ("on" if rng.random() < 0.5 else "next to")
