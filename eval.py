@@ -17,6 +17,9 @@ Subcommands (each writes a report folder: ``report.md``, ``summary.json``,
   (seeds ``--seed-offset + i``, default 1,000,000 + i, never used for training), generated
   3D-aware and plain from the same noise; reference metrics against the analytic ray-cast
   ground truth at the same cameras, both consistency scores, paired CIs aware − plain.
+* ``compare REPORT_A REPORT_B --out DIR`` — two reports of the same samples (e.g. two
+  checkpoints on the same ``shapes`` seeds): per-sample paired differences B − A with 95 %
+  intervals and p-values, per variant, metric and group (``compare.md``, ``compare.json``).
 
 LPIPS needs weights (``--lpips-vgg16 FILE --lpips-weights FILE``); without them it is
 reported as unavailable (``null`` / ``n/a``), never estimated.
@@ -49,7 +52,7 @@ from videomv_jax.eval.folders import (  # noqa: E402
     load_views,
 )
 from videomv_jax.eval.metrics import PSNR_CAP_DB, image_metrics  # noqa: E402
-from videomv_jax.eval.report import write_report  # noqa: E402
+from videomv_jax.eval.report import write_comparison, write_report  # noqa: E402
 
 HELD_OUT_SEED_OFFSET = 1_000_000
 """First seed of the held-out ``shapes`` evaluation scenes (training must use seeds below)."""
@@ -139,6 +142,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also write each sample's generated and GT views as PNG grids")
     _add_common(s)
     _add_fit(s, "auto")
+    m = sub.add_parser("compare", help="paired differences between two reports of the same "
+                                       "samples (e.g. two checkpoints)")
+    m.add_argument("report_a", help="report folder A (the baseline)")
+    m.add_argument("report_b", help="report folder B (differences are B − A)")
+    m.add_argument("--out", required=True, help="folder for compare.md / compare.json")
+    m.add_argument("--name-a", default="A", help="label of report A in the tables")
+    m.add_argument("--name-b", default="B", help="label of report B in the tables")
+    m.add_argument("--confidence", type=float, default=0.95)
     return p.parse_args(argv)
 
 
@@ -493,9 +504,23 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
+    for path in (args.report_a, args.report_b):
+        if not os.path.isdir(os.path.join(path, "samples")):
+            raise UsageError(f"{path!r} is not an evaluation report (no samples/ folder); "
+                             f"pass folders written by eval.py")
+    cmp = write_comparison(args.out, args.report_a, args.report_b, args.name_a, args.name_b,
+                           args.confidence)
+    print(f"wrote {os.path.join(args.out, 'compare.md')} ({cmp['num_samples']} samples)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    commands = {"folders": cmd_folders, "consistency": cmd_consistency, "shapes": cmd_shapes}
+    commands = {"folders": cmd_folders, "consistency": cmd_consistency, "shapes": cmd_shapes,
+                "compare": cmd_compare}
     try:
         return commands[args.command](args)
     except (UsageError, FolderError) as err:

@@ -353,6 +353,57 @@ def test_report_groups_match_hand_computed_subsets(tmp_path):
     assert "| PSNR vs GT (dB) ↑ | 28.50 ± " in md.split("### 1 object")[1].split("###")[0]
 
 
+def test_compare_reports_matches_hand_computed_paired_statistics(tmp_path, eval_cli, capsys):
+    """``eval.py compare``: two reports of the same samples (written in different orders) are
+    matched by seed and prompt; the paired difference B − A, its Student-t interval, p-value
+    and the "B better" count equal a hand computation (scipy); LPIPS-like metrics count lower
+    as better; groups get their own rows; mismatched samples are named."""
+    from scipy import stats
+
+    old = {0: 20.0, 1: 21.0, 2: 19.5, 3: 27.0}
+    gain = {0: 1.0, 1: 2.5, 2: -0.5, 3: 0.25}
+    groups = {0: "2 objects", 1: "2 objects", 2: "2 objects", 3: "1 object"}
+
+    def rec(seed, psnr, lpips):
+        return {"sample": f"{seed:03d}_p{seed}", "seed": seed, "prompt": f"p{seed}",
+                "group": groups.get(seed, "2 objects"),
+                "variants": {"aware": {"metrics": {"ref_psnr": psnr, "ref_lpips": lpips}}}}
+
+    a = [rec(k, v, 0.30) for k, v in old.items()]
+    b = [rec(k, old[k] + gain[k], 0.30 - 0.01 * k) for k in reversed(old)]
+    report.write_report(str(tmp_path / "a"), a, "a", plot_backend="pil")
+    report.write_report(str(tmp_path / "b"), b, "b", plot_backend="pil")
+    assert eval_cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                          str(tmp_path / "cmp"), "--name-a", "old", "--name-b", "new"]) == 0
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    d = np.array([gain[k] for k in old])
+    row = cmp["variants"]["aware"]["ref_psnr"]
+    sem = d.std(ddof=1) / math.sqrt(d.size)
+    assert row["diff"]["mean"] == pytest.approx(d.mean())
+    assert row["diff"]["half_width"] == pytest.approx(stats.t.ppf(0.975, d.size - 1) * sem)
+    assert row["diff"]["p_value"] == pytest.approx(stats.ttest_rel(d + 1, np.ones(4)).pvalue)
+    assert row["a"]["mean"] == pytest.approx(np.mean(list(old.values())))
+    assert row["b_better"] == 3 and row["n"] == 4
+    lp = cmp["variants"]["aware"]["ref_lpips"]
+    assert lp["diff"]["mean"] == pytest.approx(-0.01 * np.mean(list(old)))
+    assert lp["b_better"] == 3  # seeds 1-3 lower; seed 0 equal
+    pair = cmp["groups"]["2 objects"]["variants"]["aware"]["ref_psnr"]
+    assert pair["n"] == 3 and pair["diff"]["mean"] == pytest.approx(np.mean(d[:3]))
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| aware | PSNR vs GT (dB) ↑ | 21.88 ± " in md and "| 3 of 4 |" in md
+    assert "## 1 object (1 sample(s))" in md
+
+    report.write_report(str(tmp_path / "c"), a[:3] + [rec(9, 20.0, 0.3)], "c",
+                        plot_backend="pil")
+    with pytest.raises(ValueError, match=r"only in the first: \['003_p3'\]; only in the "
+                                         r"second: \['009_p9'\]"):
+        report.write_comparison(str(tmp_path / "x"), str(tmp_path / "a"), str(tmp_path / "c"))
+    capsys.readouterr()
+    assert eval_cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "nope"), "--out",
+                          str(tmp_path / "y")]) == 2
+    assert "not an evaluation report" in capsys.readouterr().err
+
+
 # ---- eval.py end to end -------------------------------------------------------------------------
 
 

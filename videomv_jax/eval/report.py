@@ -36,7 +36,9 @@ import numpy as np
 
 from videomv_jax.eval.metrics import PSNR_CAP_DB, paired_ci, summarize
 
-__all__ = ["METRICS", "PAIR", "aggregate", "aggregate_groups", "markdown_table", "write_report"]
+__all__ = ["METRICS", "PAIR", "aggregate", "aggregate_groups", "compare_records",
+           "compare_table", "load_records", "markdown_table", "write_comparison",
+           "write_report"]
 
 METRICS: dict[str, tuple[str, bool]] = {
     "ref_psnr": ("PSNR vs GT (dB)", True),
@@ -465,3 +467,127 @@ def write_report(out_dir: str, records: Sequence[Mapping], title: str = "Evaluat
     _dump(os.path.join(out_dir, "summary.json"), summary)
     return {"aggregate": agg, "report": report, "summary": os.path.join(out_dir, "summary.json"),
             "plots": plots, "samples": sample_files}
+
+
+# --------------------------------------------------------------------------------------------
+# two reports of the same samples (e.g. two checkpoints): paired per-sample differences
+# --------------------------------------------------------------------------------------------
+
+
+def load_records(report_dir: str) -> list[dict[str, Any]]:
+    """The per-sample records of a report written by :func:`write_report`
+    (``report_dir/samples/*.json``, in file-name order)."""
+    sample_dir = os.path.join(report_dir, "samples")
+    if not os.path.isdir(sample_dir):
+        raise FileNotFoundError(f"{report_dir!r} is not an evaluation report: it has no "
+                                f"samples/ folder (write one with eval.py)")
+    names = sorted(n for n in os.listdir(sample_dir) if n.endswith(".json"))
+    if not names:
+        raise FileNotFoundError(f"{sample_dir!r} holds no sample JSON files")
+    records = []
+    for name in names:
+        with open(os.path.join(sample_dir, name), encoding="utf-8") as f:
+            records.append(json.load(f))
+    return records
+
+
+def _sample_key(r: Mapping) -> tuple:
+    return (r.get("seed"), r.get("prompt"), str(r["sample"]))
+
+
+def compare_records(records_a: Sequence[Mapping], records_b: Sequence[Mapping],
+                    confidence: float = 0.95) -> dict[str, Any]:
+    """Paired differences ``b − a`` of two evaluations of the same samples (matched by seed,
+    prompt and sample name), per variant and metric, overall and per group:
+    ``{"num_samples", "variants": {variant: {metric: {"a", "b", "diff", "b_better", "n"}}},
+    "groups": {group: {"num_samples", "variants": ...}}}``. ``a`` / ``b`` are
+    :func:`summarize` results, ``diff`` a :func:`paired_ci` result, ``b_better`` the number of
+    samples where ``b`` is better (by the metric's direction). Raises ``ValueError`` naming the
+    samples that only one side has."""
+    index_a = {_sample_key(r): r for r in records_a}
+    index_b = {_sample_key(r): r for r in records_b}
+    only_a = sorted(str(k[2]) for k in index_a.keys() - index_b.keys())
+    only_b = sorted(str(k[2]) for k in index_b.keys() - index_a.keys())
+    if only_a or only_b:
+        raise ValueError(
+            "the two reports do not hold the same samples (same seeds and prompts): "
+            f"only in the first: {only_a[:10] or 'none'}; only in the second: "
+            f"{only_b[:10] or 'none'}. Evaluate both with the same --num-samples, "
+            "--seed-offset and world settings")
+    keys = [k for k in index_a if k in index_b]
+
+    def table(subset: Sequence[tuple]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        ra = [index_a[k] for k in subset]
+        rb = [index_b[k] for k in subset]
+        variants = [v for v in _variant_keys(ra) if v in _variant_keys(rb)]
+        metrics = [m for m in _metric_keys(ra) if m in _metric_keys(rb)]
+        for var in variants:
+            out[var] = {}
+            for m in metrics:
+                pairs = [(x["variants"][var]["metrics"].get(m), y["variants"][var]["metrics"]
+                          .get(m)) for x, y in zip(ra, rb, strict=True)
+                         if var in x["variants"] and var in y["variants"]]
+                pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+                if not pairs:
+                    out[var][m] = None
+                    continue
+                a = _capped(np.asarray([q[0] for q in pairs], np.float64), m)
+                b = _capped(np.asarray([q[1] for q in pairs], np.float64), m)
+                higher = METRICS.get(m, ("", True))[1]
+                out[var][m] = {"a": summarize(a, m, confidence), "b": summarize(b, m, confidence),
+                               "diff": paired_ci(b, a, confidence),
+                               "b_better": int(np.sum(b > a if higher else b < a)),
+                               "n": len(pairs)}
+        return out
+
+    groups: dict[str, list[tuple]] = {}
+    for k in keys:
+        g = index_a[k].get("group")
+        if g is not None:
+            groups.setdefault(str(g), []).append(k)
+    return {"num_samples": len(keys), "confidence": confidence, "variants": table(keys),
+            "groups": {g: {"num_samples": len(ks), "variants": table(ks)}
+                       for g, ks in groups.items()}}
+
+
+def compare_table(variants: Mapping[str, Any], name_a: str = "a", name_b: str = "b",
+                  confidence: float = 0.95) -> str:
+    """One Markdown table of :func:`compare_records`' ``variants``: a row per variant and
+    metric with both means, the paired difference ``b − a`` and how often ``b`` is better."""
+    conf = int(round(confidence * 100))
+    head = ["variant", "metric", f"{name_a} (mean ± {conf}% CI)", f"{name_b} (mean ± {conf}% CI)",
+            f"{name_b} − {name_a} (paired, {conf}% CI)", f"{name_b} better"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for var, rows in variants.items():
+        for m, row in rows.items():
+            if row is None:
+                cells = ["n/a"] * 4
+            else:
+                cells = [_fmt_summary(row["a"], m), _fmt_summary(row["b"], m),
+                         _fmt_paired(row["diff"], m), f"{row['b_better']} of {row['n']}"]
+            lines.append("| " + " | ".join([var, _label(m), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def write_comparison(out_dir: str, report_a: str, report_b: str, name_a: str = "a",
+                     name_b: str = "b", confidence: float = 0.95) -> dict[str, Any]:
+    """Compare two report folders (:func:`load_records`, :func:`compare_records`) and write
+    ``compare.md`` and ``compare.json`` into ``out_dir``; returns the comparison."""
+    cmp = compare_records(load_records(report_a), load_records(report_b), confidence)
+    cmp.update(report_a=os.path.abspath(report_a), report_b=os.path.abspath(report_b),
+               name_a=name_a, name_b=name_b)
+    os.makedirs(out_dir, exist_ok=True)
+    lines = [f"# {name_b} vs {name_a}", "",
+             f"- {name_a}: `{report_a}`", f"- {name_b}: `{report_b}`",
+             f"- {cmp['num_samples']} samples matched by seed and prompt; differences are "
+             f"per sample ({name_b} − {name_a}) with a {int(round(confidence * 100))}% "
+             f"Student-t interval and the paired t-test p-value", "",
+             compare_table(cmp["variants"], name_a, name_b, confidence), ""]
+    for g, sub in cmp["groups"].items():
+        lines += [f"## {g} ({sub['num_samples']} sample(s))", "",
+                  compare_table(sub["variants"], name_a, name_b, confidence), ""]
+    with open(os.path.join(out_dir, "compare.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    _dump(os.path.join(out_dir, "compare.json"), cmp)
+    return cmp
