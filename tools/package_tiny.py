@@ -1,15 +1,19 @@
 """Package trained videomv-tiny exports into ``videomv_jax/weights/videomv_tiny``.
 
     python tools/package_tiny.py --t2mv runs/tiny --i2mv runs/tiny-i2mv \\
+        --i2mv-text runs/tiny/clip_text \\
         --data runs/data/videomv_shapes/n3000_s0_r64_m2_fit0.5/1.0.0 --example-seeds 1000000
 
 ``--t2mv`` is a ``train.py --export`` directory with ``unet/`` (text UNet), ``vae/``,
 ``clip_text/`` (+ ``tokenizer/``) and ``lgm/``; ``--i2mv`` one with ``unet/`` (image UNet) and
-``clip_vision/``. Every model is re-saved with float16 parameter storage (the loader casts back
-to float32) and its training record kept in ``config.json``; a few held-out ``shapes`` views
-are written as example inputs for image→MV. The manifest (file hashes, per-mode sampling
-settings, caption vocabulary) is written last; put the printed SHA-256 into
-``videomv_jax/tiny.py:MANIFEST_SHA256``.
+``clip_vision/``; ``--i2mv-text`` the text tower the image mode samples with, packaged as
+``clip_text_i2v``: ideally the one the image UNet was trained against (its run's
+``models.text.checkpoint``), so that training the text model further (or growing its tower)
+does not change the image model's text context. Every model is re-saved with float16
+parameter storage (the loader casts back to float32) and its training record kept in
+``config.json``; a few held-out ``shapes`` views are written as example inputs for image→MV.
+The manifest (file hashes, per-mode sampling settings, caption vocabulary) is written last;
+put the printed SHA-256 into ``videomv_jax/tiny.py:MANIFEST_SHA256``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ LAYOUT = (
     ("t2mv", "lgm", "lgm", "lgm"),
     ("i2mv", "unet", "unet_i2v", "unet-i2v"),
     ("i2mv", "clip_vision", "clip_vision", "clip-vision"),
+    ("i2mv_text", "", "clip_text_i2v", "clip-text"),
 )
 
 #: sampling settings per mode (dotted config keys of configs/t2mv.py / configs/i2mv.py)
@@ -39,8 +44,9 @@ SAMPLING = {
              "sampler.num_steps": 25, "sampler.aware_steps": [10, 15, 20],
              "sampler.guidance_scale": 3.0, "sampler.render_size": 64,
              "sampler.capacity_per_scene": 1 << 20},
-    "i2mv": {"subdirs.unet": "unet_i2v", "resolution": 64, "elevation": 15.0,
-             "distance": 1.645, "recenter": False, "sampler.num_steps": 25,
+    "i2mv": {"subdirs.unet": "unet_i2v", "subdirs.clip_text": "clip_text_i2v",
+             "resolution": 64, "elevation": 15.0, "distance": 1.645, "recenter": False,
+             "sampler.num_steps": 25,
              "sampler.aware_steps": [10, 15, 20], "sampler.guidance_scale": 3.0,
              "sampler.render_size": 64, "sampler.background": 1.0,
              "sampler.capacity_per_scene": 1 << 20},
@@ -52,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--t2mv", required=True, help="text→MV export (unet, vae, clip_text, lgm)")
     p.add_argument("--i2mv", help="image→MV export (unet, clip_vision)")
+    p.add_argument("--i2mv-text", help="converted clip-text directory the image mode samples "
+                   "with, ideally the image UNet's training tower (required with --i2mv)")
     p.add_argument("--data", required=True, help="the shapes data set the models were trained "
                    "on (caption vocabulary)")
     p.add_argument("--out", default=None, help="default: videomv_jax/weights/videomv_tiny")
@@ -61,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="the data set's max_objects (for the example inputs)")
     p.add_argument("--fit-radius", type=float, default=0.5,
                    help="the data set's fit_radius (for the example inputs)")
+    p.add_argument("--next-to", choices=("random", "left_right"), default="random",
+                   help="the data set's next_to (for the example inputs and eval.py's world)")
+    p.add_argument("--max-size-ratio", type=float, default=None,
+                   help="the data set's max_size_ratio (for the example inputs and eval.py's "
+                        "world)")
     p.add_argument("--card", default="docs/videomv-tiny.md", help="model card path (recorded)")
     p.add_argument("--set", action="append", default=[], metavar="MODE.KEY=VALUE",
                    help="override a sampling setting, e.g. t2mv.sampler.guidance_scale=4")
@@ -77,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     from videomv_jax.data import images as image_io
     from videomv_jax.data.builders import load_source
 
+    if args.i2mv and not args.i2mv_text:
+        p.error("--i2mv needs --i2mv-text: the clip-text directory the image mode samples with "
+                "(ideally the image UNet's training run's models.text.checkpoint)")
     out = args.out or str(tiny.weights_dir())
-    sources = {"t2mv": args.t2mv, "i2mv": args.i2mv}
+    sources = {"t2mv": args.t2mv, "i2mv": args.i2mv, "i2mv_text": args.i2mv_text}
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out)
@@ -113,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         from videomv_jax.data.builders import ShapesConfig, shapes_example
 
         shapes_cfg = ShapesConfig(name="examples", resolution=64,
-                                  max_objects=args.max_objects, fit_radius=args.fit_radius)
+                                  max_objects=args.max_objects, fit_radius=args.fit_radius,
+                                  next_to=args.next_to, max_size_ratio=args.max_size_ratio)
         os.makedirs(os.path.join(out, "examples"))
         examples = {}
         for seed in args.example_seeds:
@@ -132,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         "world": "procedural shapes: one or two primitives (sphere, cube, box, cylinder, cone, "
                  "torus) in ten colours, stacked ('on') or side by side ('next to')",
         "training_data": os.path.normpath(args.data),
-        "world_config": {"max_objects": args.max_objects, "fit_radius": args.fit_radius},
+        "world_config": {"max_objects": args.max_objects, "fit_radius": args.fit_radius,
+                         "next_to": args.next_to, "max_size_ratio": args.max_size_ratio},
         "modes": sampling,
         "models": record,
         "examples": examples,
