@@ -28,7 +28,7 @@ REFERENCE = os.path.join(ROOT, "tests", "data", "videomv_tiny_reference.npz")
 
 #: the manifest of the shipped weights (it lists the SHA-256 of every file); pinned twice on
 #: purpose: here and in videomv_jax/tiny.py
-PINNED_MANIFEST_SHA256 = "42fea37ac4d547571c8a42d2268d5c459602bed37063bb5a7d8b8a6ca1667a54"
+PINNED_MANIFEST_SHA256 = "834712d6f8556019975e90c4191b7ec5e5a45359c3b861b7a23f20674dc3ad1b"
 
 #: reference sample: text→MV at the trained 64², 4 DDIM steps with a 3D-aware step at loop
 #: index 2, seed 7; views 0, 4, ..., 20 are stored
@@ -39,7 +39,7 @@ REFERENCE_VIEWS = slice(0, 24, 4)
 REFERENCE_SEED = 7
 
 KINDS = {"unet": "unet-t2v", "unet_i2v": "unet-i2v", "vae": "vae", "clip_text": "clip-text",
-         "clip_vision": "clip-vision", "lgm": "lgm"}
+         "clip_text_i2v": "clip-text", "clip_vision": "clip-vision", "lgm": "lgm"}
 
 
 def _load_script(name: str):
@@ -60,6 +60,10 @@ def test_manifest_hash_is_pinned_and_files_verify():
     assert _sha256(root / tiny.MANIFEST) == PINNED_MANIFEST_SHA256 == tiny.MANIFEST_SHA256
     manifest = tiny.verify()  # every file's SHA-256 against the manifest
     assert set(manifest["modes"]) == {"t2mv", "i2mv"}
+    # the text model's tower changed shape (2 -> 4 blocks) in the fifth round; the image UNet
+    # keeps the 2-block tower it shipped with, under its own name
+    assert manifest["modes"]["i2mv"]["subdirs.clip_text"] == "clip_text_i2v"
+    assert "subdirs.clip_text" not in manifest["modes"]["t2mv"]
     assert {"red", "cube", "sphere", "on", "blue"} <= set(manifest["vocabulary"])
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert size <= 25 * 2**20, f"packaged weights are {size / 2**20:.1f} MiB (limit 25 MiB)"
@@ -193,10 +197,14 @@ def test_sample_cli_default_model_image(tmp_path):
     assert len(os.listdir(d / "views")) == 24
 
 
-def test_eval_shapes_default_model(tmp_path):
+def test_eval_shapes_default_model(tmp_path, capsys):
     """``eval.py shapes`` end to end on the default model: 2 held-out scenes, few steps, a short
-    Gaussian fit; both variants scored, report + per-sample JSON written."""
+    Gaussian fit; both variants scored, report + per-sample JSON written. A world setting out of
+    range is refused before the models load."""
     ev = _load_script("eval")
+    assert ev.main(["shapes", "--max-size-ratio", "0.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "max_size_ratio must be in [1, 3.2]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     out = tmp_path / "report"
     code = ev.main(["shapes", "--num-samples", "2", "--steps", "4", "--out", str(out),
                     "--fit-steps", "20", "--fit-gaussians", "512", "--set",
@@ -210,7 +218,8 @@ def test_eval_shapes_default_model(tmp_path):
         assert np.isfinite(var["metrics"]["ref_psnr"]) and np.isfinite(var["metrics"]["fit_psnr"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["default_model"] is True
-    assert summary["settings"]["world"] == {"max_objects": 2, "fit_radius": 0.5}
+    assert summary["settings"]["world"] == {"max_objects": 2, "fit_radius": 0.5,
+                                            "next_to": "left_right", "max_size_ratio": 1.25}
     report = (out / "report.md").read_text()
     assert "aware" in report and "plain" in report
     # each sample is grouped by its scene's object count, and the report has a table per group
@@ -218,7 +227,7 @@ def test_eval_shapes_default_model(tmp_path):
 
     for path in samples:
         r = json.loads(path.read_text())
-        n = len(random_scene(r["seed"], 2, 0.5).primitives)
+        n = len(random_scene(r["seed"], 2, 0.5, "left_right", 1.25).primitives)
         assert r["group"] == ("1 object" if n == 1 else f"{n} objects")
         assert f"### {r['group']} (" in report
     assert sum(g["num_samples"] for g in summary["groups"].values()) == 2

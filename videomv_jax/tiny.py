@@ -37,7 +37,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 
 #: SHA-256 of the shipped ``manifest.json`` (which holds the SHA-256 of every weight file).
-MANIFEST_SHA256 = "42fea37ac4d547571c8a42d2268d5c459602bed37063bb5a7d8b8a6ca1667a54"
+MANIFEST_SHA256 = "834712d6f8556019975e90c4191b7ec5e5a45359c3b861b7a23f20674dc3ad1b"
 
 
 class TinyWeightsError(RuntimeError):
