@@ -202,7 +202,9 @@ def test_eval_shapes_default_model(tmp_path, capsys):
     Gaussian fit; both variants scored, report + per-sample JSON written. A world setting out of
     range is refused before the models load."""
     ev = _load_script("eval")
-    assert ev.main(["shapes", "--max-size-ratio", "0.5", "--out", str(tmp_path / "bad")]) == 2
+    bad = ["shapes", "--num-samples", "1", "--max-size-ratio", "0.5",
+           "--out", str(tmp_path / "bad")]
+    assert ev.main(bad) == 2
     assert "max_size_ratio must be in [1, 3.2]" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     out = tmp_path / "report"
