@@ -28,7 +28,7 @@ REFERENCE = os.path.join(ROOT, "tests", "data", "videomv_tiny_reference.npz")
 
 #: the manifest of the shipped weights (it lists the SHA-256 of every file); pinned twice on
 #: purpose: here and in videomv_jax/tiny.py
-PINNED_MANIFEST_SHA256 = "834712d6f8556019975e90c4191b7ec5e5a45359c3b861b7a23f20674dc3ad1b"
+PINNED_MANIFEST_SHA256 = "4764c15492decfc2a0415eb5c94aa593a9e4360bffdc38d6a1da1bc111cefd34"
 
 #: reference sample: text→MV at the trained 64², 4 DDIM steps with a 3D-aware step at loop
 #: index 2, seed 7; views 0, 4, ..., 20 are stored
@@ -39,7 +39,7 @@ REFERENCE_VIEWS = slice(0, 24, 4)
 REFERENCE_SEED = 7
 
 KINDS = {"unet": "unet-t2v", "unet_i2v": "unet-i2v", "vae": "vae", "clip_text": "clip-text",
-         "clip_text_i2v": "clip-text", "clip_vision": "clip-vision", "lgm": "lgm"}
+         "clip_vision": "clip-vision", "lgm": "lgm"}
 
 
 def _load_script(name: str):
@@ -60,10 +60,12 @@ def test_manifest_hash_is_pinned_and_files_verify():
     assert _sha256(root / tiny.MANIFEST) == PINNED_MANIFEST_SHA256 == tiny.MANIFEST_SHA256
     manifest = tiny.verify()  # every file's SHA-256 against the manifest
     assert set(manifest["modes"]) == {"t2mv", "i2mv"}
-    # the text model's tower changed shape (2 -> 4 blocks) in the fifth round; the image UNet
-    # keeps the 2-block tower it shipped with, under its own name
-    assert manifest["modes"]["i2mv"]["subdirs.clip_text"] == "clip_text_i2v"
-    assert "subdirs.clip_text" not in manifest["modes"]["t2mv"]
+    # both modes sample with the one text tower (the image UNet was trained against it), and
+    # every packaged directory is a model of the manifest's record
+    for mode in ("t2mv", "i2mv"):
+        assert "subdirs.clip_text" not in manifest["modes"][mode]
+    assert set(manifest["models"]) == set(KINDS)
+    assert {p.name for p in root.iterdir() if p.is_dir()} == set(KINDS) | {"examples"}
     assert {"red", "cube", "sphere", "on", "blue"} <= set(manifest["vocabulary"])
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert size <= 25 * 2**20, f"packaged weights are {size / 2**20:.1f} MiB (limit 25 MiB)"

@@ -1,7 +1,6 @@
 """Package trained videomv-tiny exports into ``videomv_jax/weights/videomv_tiny``.
 
-    python tools/package_tiny.py --t2mv runs/tiny --i2mv runs/tiny-i2mv \\
-        --i2mv-text runs/tiny/clip_text \\
+    python tools/package_tiny.py --t2mv runs/tiny --i2mv runs/tiny-i2mv --i2mv-text t2mv \\
         --data runs/data/videomv_shapes/n3000_s0_r64_m2_fit0.5/1.0.0 --example-seeds 1000000
 
 ``--t2mv`` is a ``train.py --export`` directory with ``unet/`` (text UNet), ``vae/``,
@@ -9,11 +8,12 @@
 ``clip_vision/``; ``--i2mv-text`` the text tower the image mode samples with, packaged as
 ``clip_text_i2v``: ideally the one the image UNet was trained against (its run's
 ``models.text.checkpoint``), so that training the text model further (or growing its tower)
-does not change the image model's text context. Every model is re-saved with float16
-parameter storage (the loader casts back to float32) and its training record kept in
-``config.json``; a few held-out ``shapes`` views are written as example inputs for image→MV.
-The manifest (file hashes, per-mode sampling settings, caption vocabulary) is written last;
-put the printed SHA-256 into ``videomv_jax/tiny.py:MANIFEST_SHA256``.
+does not change the image model's text context; ``t2mv`` when the image UNet was trained
+against the text model's own ``clip_text`` (no second copy is packaged). Every model is
+re-saved with float16 parameter storage (the loader casts back to float32) and its training
+record kept in ``config.json``; a few held-out ``shapes`` views are written as example inputs
+for image→MV. The manifest (file hashes, per-mode sampling settings, caption vocabulary) is
+written last; put the printed SHA-256 into ``videomv_jax/tiny.py:MANIFEST_SHA256``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t2mv", required=True, help="text→MV export (unet, vae, clip_text, lgm)")
     p.add_argument("--i2mv", help="image→MV export (unet, clip_vision)")
     p.add_argument("--i2mv-text", help="converted clip-text directory the image mode samples "
-                   "with, ideally the image UNet's training tower (required with --i2mv)")
+                   "with, ideally the image UNet's training tower, or 't2mv' when that is the "
+                   "text model's own tower (required with --i2mv)")
     p.add_argument("--data", required=True, help="the shapes data set the models were trained "
                    "on (caption vocabulary)")
     p.add_argument("--out", default=None, help="default: videomv_jax/weights/videomv_tiny")
@@ -94,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--i2mv needs --i2mv-text: the clip-text directory the image mode samples with "
                 "(ideally the image UNet's training run's models.text.checkpoint)")
     out = args.out or str(tiny.weights_dir())
-    sources = {"t2mv": args.t2mv, "i2mv": args.i2mv, "i2mv_text": args.i2mv_text}
+    shared_text = args.i2mv_text == "t2mv"  # the image UNet was trained against clip_text
+    sources = {"t2mv": args.t2mv, "i2mv": args.i2mv,
+               "i2mv_text": None if shared_text else args.i2mv_text}
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out)
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         cap = source[i]["caption"]
         words.update(tiny.caption_words(cap if isinstance(cap, str) else cap.decode()))
     sampling = {m: dict(v) for m, v in SAMPLING.items() if m == "t2mv" or args.i2mv}
+    if args.i2mv and shared_text:
+        del sampling["i2mv"]["subdirs.clip_text"]
     for item in args.set:
         key, value = item.split("=", 1)
         mode, key = key.split(".", 1)

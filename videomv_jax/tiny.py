@@ -37,7 +37,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 
 #: SHA-256 of the shipped ``manifest.json`` (which holds the SHA-256 of every weight file).
-MANIFEST_SHA256 = "834712d6f8556019975e90c4191b7ec5e5a45359c3b861b7a23f20674dc3ad1b"
+MANIFEST_SHA256 = "4764c15492decfc2a0415eb5c94aa593a9e4360bffdc38d6a1da1bc111cefd34"
 
 
 class TinyWeightsError(RuntimeError):
