@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from videomv_jax.data.shapes import NEXT_TO  # noqa: E402
 from videomv_jax.eval.consistency import (  # noqa: E402
     FitConfig,
     fit_holdout_score,
@@ -131,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "world with the default model, else 3)")
     s.add_argument("--fit-radius", type=float,
                    help="shapes scenes: recentre/scale to this radius (default as above)")
-    s.add_argument("--next-to", choices=("random", "left_right"), default=None,
+    s.add_argument("--next-to", choices=NEXT_TO, default=None,
                    help="shapes scenes: 'next to' pairs along a random axis or left to right "
                         "from the first view (default as above, else random)")
     s.add_argument("--max-size-ratio", type=float, default=None,

@@ -37,6 +37,8 @@ LAYOUT = (
     ("i2mv", "clip_vision", "clip_vision", "clip-vision"),
     ("i2mv_text", "", "clip_text_i2v", "clip-text"),
 )
+#: packaged name of the image mode's own text tower (``--i2mv-text DIR``)
+I2MV_TEXT = next(name for src, _, name, _ in LAYOUT if src == "i2mv_text")
 
 #: sampling settings per mode (dotted config keys of configs/t2mv.py / configs/i2mv.py)
 SAMPLING = {
@@ -44,9 +46,8 @@ SAMPLING = {
              "sampler.num_steps": 25, "sampler.aware_steps": [10, 15, 20],
              "sampler.guidance_scale": 3.0, "sampler.render_size": 64,
              "sampler.capacity_per_scene": 1 << 20},
-    "i2mv": {"subdirs.unet": "unet_i2v", "subdirs.clip_text": "clip_text_i2v",
-             "resolution": 64, "elevation": 15.0, "distance": 1.645, "recenter": False,
-             "sampler.num_steps": 25,
+    "i2mv": {"subdirs.unet": "unet_i2v", "resolution": 64, "elevation": 15.0,
+             "distance": 1.645, "recenter": False, "sampler.num_steps": 25,
              "sampler.aware_steps": [10, 15, 20], "sampler.guidance_scale": 3.0,
              "sampler.render_size": 64, "sampler.background": 1.0,
              "sampler.capacity_per_scene": 1 << 20},
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
+    if args.i2mv and not args.i2mv_text:
+        p.error("--i2mv needs --i2mv-text: the clip-text directory the image mode samples with "
+                "(ideally the image UNet's training run's models.text.checkpoint)")
+
     from videomv_jax import tiny
     from videomv_jax.convert.checkpoint import (
         load_converted,
@@ -89,11 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         save_converted,
     )
     from videomv_jax.data import images as image_io
-    from videomv_jax.data.builders import load_source
+    from videomv_jax.data.builders import ShapesConfig, load_source, shapes_example
 
-    if args.i2mv and not args.i2mv_text:
-        p.error("--i2mv needs --i2mv-text: the clip-text directory the image mode samples with "
-                "(ideally the image UNet's training run's models.text.checkpoint)")
+    # the world of the example inputs and of eval.py; checked before the output folder is wiped
+    try:
+        shapes_cfg = ShapesConfig(name="examples", resolution=64, max_objects=args.max_objects,
+                                  fit_radius=args.fit_radius, next_to=args.next_to,
+                                  max_size_ratio=args.max_size_ratio)
+    except ValueError as err:
+        p.error(f"the data set's world: {err}")
     out = args.out or str(tiny.weights_dir())
     shared_text = args.i2mv_text == "t2mv"  # the image UNet was trained against clip_text
     sources = {"t2mv": args.t2mv, "i2mv": args.i2mv,
@@ -123,19 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         cap = source[i]["caption"]
         words.update(tiny.caption_words(cap if isinstance(cap, str) else cap.decode()))
     sampling = {m: dict(v) for m, v in SAMPLING.items() if m == "t2mv" or args.i2mv}
-    if args.i2mv and shared_text:
-        del sampling["i2mv"]["subdirs.clip_text"]
+    if args.i2mv and not shared_text:
+        sampling["i2mv"]["subdirs.clip_text"] = I2MV_TEXT
     for item in args.set:
         key, value = item.split("=", 1)
         mode, key = key.split(".", 1)
         sampling[mode][key] = json.loads(value)
 
     if args.i2mv:
-        from videomv_jax.data.builders import ShapesConfig, shapes_example
-
-        shapes_cfg = ShapesConfig(name="examples", resolution=64,
-                                  max_objects=args.max_objects, fit_radius=args.fit_radius,
-                                  next_to=args.next_to, max_size_ratio=args.max_size_ratio)
         os.makedirs(os.path.join(out, "examples"))
         examples = {}
         for seed in args.example_seeds:
