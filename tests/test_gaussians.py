@@ -101,9 +101,34 @@ def test_lgm_activations_jit():
     np.testing.assert_allclose(np.asarray(a.rotations), np.asarray(b.rotations), rtol=1e-6)
 
 
+def test_ray_means_hand_computed():
+    """A ray from o = (0, 0, 2) along -z (d given unnormalised): its closest point to the
+    origin is the origin, so the centre is tanh(depth) along d̂; a ray offset by x = 0.5
+    passes (0.5, 0, 0). The other channels are activated as in the absolute head."""
+    o = np.array([0.0, 0.0, 2.0])
+    d = np.array([[0.0, 0.0, -3.0], [0.0, 0.0, -0.5]])
+    origins = np.array([o, o + [0.5, 0.0, 0.0]])
+    rays = np.concatenate([np.cross(origins, d), d], -1).astype(np.float32)
+    raw = _raw((2,), seed=3)
+    raw[:, 0] = [0.0, 0.5]
+    g = lgm_activations(raw, QUAT_NORM_PER_GAUSSIAN, rays=rays)
+    want = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, -np.tanh(0.5)]])
+    np.testing.assert_allclose(np.asarray(g.means), want, atol=1e-6)
+    ref = _np_lgm(raw, across=False)
+    for name in ("opacities", "scales", "rotations", "colors"):
+        np.testing.assert_allclose(np.asarray(getattr(g, name)), ref[name], rtol=1e-5, atol=1e-6)
+    # the centre keeps a gradient however far raw channel 0 goes (the clamp's is zero past 1)
+    grad = jax.grad(lambda r: lgm_activations(r, rays=rays).means[1, 2])(jnp.asarray(raw))
+    assert float(grad[1, 0]) < 0 and np.count_nonzero(np.asarray(grad)) == 1
+    clamp = jax.grad(lambda r: lgm_activations(r).means[0, 0])(jnp.asarray(raw).at[0, 0].set(2.0))
+    assert float(clamp[0, 0]) == 0.0
+
+
 def test_lgm_activations_errors():
     with pytest.raises(ValueError, match="per_gaussian.*across_gaussians"):
         lgm_activations(_raw(), quat_norm="bogus")
+    with pytest.raises(ValueError, match="one Plücker ray per Gaussian"):
+        lgm_activations(_raw(), rays=np.zeros((2, 64, 3), np.float32))
     with pytest.raises(ValueError, match=r"\[\.\.\., N, 14\]"):
         lgm_activations(np.zeros((3, 13), np.float32))
 

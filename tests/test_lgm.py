@@ -504,6 +504,42 @@ def test_prepare_inputs_layout_and_values():
         prepare_inputs(rgb[..., :2], c2w)
 
 
+def test_ray_positions_sit_on_their_splat_pixels(jax_tiny):
+    """``positions="ray"``: every centre lies on the ray through its splat pixel (so it projects
+    onto that pixel's centre in its own input view, to the accuracy of averaging the 2×2 input
+    pixels' unit directions), at the depth that the raw channel 0 gives; the other outputs
+    are the absolute model's."""
+    from videomv_jax.models.lgm import splat_rays
+    from videomv_jax.render.camera import normalize_poses, raster_cameras
+
+    cfg = TINY.replace(positions="ray")
+    model = lgm_from_params(cfg, abstract_params(jax_tiny))
+    c2w = normalize_poses(jnp.asarray(orbit_cameras(4, 15.0, 1.6)))[None]
+    size = cfg.input_size
+    rgb = np.random.default_rng(5).uniform(0, 1, (1, 4, size, size, 3)).astype(np.float32)
+    x = prepare_inputs(rgb, c2w)
+    g, raw = model.gaussians(x), np.asarray(model(x))[0]
+    ref = jax_tiny.gaussians(x)
+    for name in ("scales", "rotations", "opacities", "colors"):
+        np.testing.assert_array_equal(np.asarray(getattr(g, name)), np.asarray(getattr(ref, name)))
+    s = cfg.splat_size
+    means = np.asarray(g.means[0], np.float64).reshape(4, s, s, 3)
+    viewmats, ks = raster_cameras(c2w[0], s, s)
+    centres = np.stack(np.meshgrid(np.arange(s) + 0.5, np.arange(s) + 0.5, indexing="xy"), -1)
+    for v in range(4):
+        cam = np.concatenate([means[v], np.ones((s, s, 1))], -1) @ np.asarray(viewmats[v]).T
+        uv = cam[..., :3] @ np.asarray(ks[v]).T
+        np.testing.assert_allclose(uv[..., :2] / uv[..., 2:], centres, atol=0.01)
+    # depth: distance from the ray's closest point to the origin = tanh(raw channel 0)
+    rays = np.asarray(splat_rays(x, cfg))[0].astype(np.float64)
+    d = rays[:, 3:] / np.linalg.norm(rays[:, 3:], axis=-1, keepdims=True)
+    o = np.repeat(np.asarray(c2w[0, :, :3, 3], np.float64), s * s, axis=0)
+    p0 = o - (o * d).sum(-1, keepdims=True) * d
+    np.testing.assert_allclose(((means.reshape(-1, 3) - p0) * d).sum(-1), np.tanh(raw[:, 0]),
+                               atol=1e-5)
+    np.testing.assert_allclose(means.reshape(-1, 3), p0 + np.tanh(raw[:, :1]) * d, atol=1e-5)
+
+
 def test_model_input_errors(jax_tiny):
     with pytest.raises(ValueError, match="expects images"):
         jax_tiny(jnp.zeros((1, 3, 16, 16, 9)))
@@ -542,6 +578,7 @@ def test_corrupted_checkpoint_lists_every_problem(checkpoints):
 
 @pytest.mark.parametrize("changes, match", [
     (dict(quat_norm="per_quat"), "quat_norm"),
+    (dict(positions="relative"), "positions"),
     (dict(splat_size=16), "splat_size"),
     (dict(up_channels=(32, 8)), "up_channels"),
     (dict(up_attention=(True,)), "up_attention"),

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scene-seed", type=int, default=0)
     p.add_argument("--lgm", default="{}", help="JSON overrides of TINY_LGM (network mode)")
     p.add_argument("--quat-norm", default="per_gaussian")
+    p.add_argument("--positions", default="ray", choices=("ray", "absolute"),
+                   help="LGM position head (network mode; 'absolute' = the released clamp, "
+                        "what the card's one-scene numbers used)")
     p.add_argument("--render-size", type=int, default=32)
     p.add_argument("--log-every", type=int, default=50)
     return p
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     rgba = jnp.asarray(render_scene(random_scene(args.scene_seed, 2, 0.5), 24, 64, 15.0, 1.645)[0])
     rgb = rgba[..., :3] + (1.0 - rgba[..., 3:]) * bg
     c2w = normalize_poses(jnp.asarray(orbit_cameras(24, 15.0, 1.645)))
-    cfg = LGMConfig(**{**TINY_LGM, **json.loads(args.lgm), "quat_norm": args.quat_norm})
+    cfg = LGMConfig(**{**TINY_LGM, **json.loads(args.lgm), "quat_norm": args.quat_norm,
+                       "positions": args.positions})
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.lr))
 
     def render_loss(gaussians, sup):

@@ -42,6 +42,9 @@ from videomv_jax.nn.layers import Conv, GroupNorm, Linear
 from videomv_jax.render.camera import DEFAULT_FOVY_DEG, plucker_rays
 from videomv_jax.render.gaussians import (
     LGM_CHANNELS,
+    POSITION_OPTIONS,
+    POSITIONS_ABSOLUTE,
+    POSITIONS_RAY,
     QUAT_NORM_ACROSS_GAUSSIANS,
     QUAT_NORM_OPTIONS,
     QUAT_NORM_PER_GAUSSIAN,
@@ -88,6 +91,9 @@ class LGMConfig:
     reproduces the released VideoMV / pre-fix LGM weights, ``QUAT_NORM_PER_GAUSSIAN`` the
     upstream fix (``*_fixrot`` weights). ``fovy``/``znear``/``zfar``/``output_size`` describe the
     cameras the model was trained with (Plücker inputs, renders); the network does not use them.
+    ``positions``: :data:`~videomv_jax.render.gaussians.POSITIONS_ABSOLUTE` (default, LGM's
+    clamped centres) or ``POSITIONS_RAY`` (a depth along each splat pixel's ray, read from the
+    input's Plücker channels; for models trained from scratch, see that constant).
     """
 
     input_size: int = 256
@@ -109,6 +115,7 @@ class LGMConfig:
     znear: float = 0.5
     zfar: float = 2.5
     quat_norm: str = QUAT_NORM_ACROSS_GAUSSIANS
+    positions: str = POSITIONS_ABSOLUTE
     dtype: str = "float32"
     param_dtype: str = "float32"
     attention: str = "xla"
@@ -178,6 +185,9 @@ class LGMConfig:
         if self.quat_norm not in QUAT_NORM_OPTIONS:
             raise ValueError(f"LGMConfig.quat_norm must be one of {QUAT_NORM_OPTIONS}, got "
                              f"{self.quat_norm!r}")
+        if self.positions not in POSITION_OPTIONS:
+            raise ValueError(f"LGMConfig.positions must be one of {POSITION_OPTIONS}, got "
+                             f"{self.positions!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"LGMConfig.{name} must be one of {tuple(_DTYPES)}, got "
@@ -497,7 +507,22 @@ class LGM(nnx.Module):
 
     def gaussians(self, images: jax.Array) -> Gaussians:
         """Images [B, V, H, W, 9] → activated :class:`Gaussians` (batch axis B)."""
-        return lgm_activations(self(images), self.config.quat_norm)
+        rays = splat_rays(images, self.config) if self.config.positions == POSITIONS_RAY else None
+        return lgm_activations(self(images), self.config.quat_norm, rays)
+
+
+def splat_rays(images: jax.Array, config: LGMConfig) -> jax.Array:
+    """The Plücker channels ``[o × d, d]`` of :func:`prepare_inputs` images ``[B, V, H, W, 9]``
+    averaged over each splat pixel's input pixels → ``[B, V·h·w, 6]`` in the head's order.
+    Averaging is exact for the ray through the averaged direction: ``o × d`` is linear in
+    ``d`` for one camera centre ``o``."""
+    b, v, h, w, _ = images.shape
+    hs, ws = h * config.splat_size // config.input_size, w * config.splat_size // config.input_size
+    if hs < 1 or ws < 1 or h % hs or w % ws:
+        raise ValueError(f"splat_rays: input {(h, w)} does not pool to the splat grid "
+                         f"(splat_size {config.splat_size} of input_size {config.input_size})")
+    rays = images[..., 3:9].astype(jnp.float32).reshape(b, v, hs, h // hs, ws, w // ws, 6)
+    return rays.mean(axis=(3, 5)).reshape(b, -1, 6)
 
 
 def prepare_inputs(rgb: jax.Array, c2w_opengl: jax.Array,

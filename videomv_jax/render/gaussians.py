@@ -90,6 +90,20 @@ The resulting quaternions are not unit length; the released weights were trained
 
 QUAT_NORM_OPTIONS = (QUAT_NORM_PER_GAUSSIAN, QUAT_NORM_ACROSS_GAUSSIANS)
 
+POSITIONS_ABSOLUTE = "absolute"
+"""LGM's position head (the released weights): ``means = clip(raw[0:3], -1, 1)``. A centre
+pushed past the box gets no gradient again; small models trained from scratch (videomv-tiny's
+first LGM) end up with almost every centre stuck on the box's faces, out of view."""
+
+POSITIONS_RAY = "ray"
+"""Pixel-aligned depth: every Gaussian lies on the ray of its splat pixel, ``means = p0 +
+tanh(raw[0]) · d``, where ``d`` is the unit ray direction and ``p0`` the ray's closest point to
+the world origin (both from the Plücker input ``[o × d, d]``), so centres stay within the unit
+distance of ``p0`` and always project onto their own pixel in their input view; ``raw[1:3]`` are
+unused. A choice for models trained from scratch (our tiny LGM), not a released format."""
+
+POSITION_OPTIONS = (POSITIONS_ABSOLUTE, POSITIONS_RAY)
+
 _NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize default
 
 
@@ -120,11 +134,26 @@ def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
     return x / jnp.maximum(norm, _NORMALIZE_EPS)
 
 
-def lgm_activations(raw: jax.Array, quat_norm: str = QUAT_NORM_PER_GAUSSIAN) -> Gaussians:
+def ray_means(depth: jax.Array, rays: jax.Array) -> jax.Array:
+    """Centres on the pixel rays (:data:`POSITIONS_RAY`): raw ``depth [..., N]`` and Plücker
+    ``rays [..., N, 6]`` (``[o × d, d]``; ``d`` need not be unit, e.g. averaged over pixels)
+    → ``p0 + tanh(depth) · d̂`` with ``p0 = d̂ × (o × d̂)``, the ray's point closest to the origin."""
+    moment, direction = rays[..., :3], rays[..., 3:]
+    norm = jnp.linalg.norm(direction, axis=-1, keepdims=True)
+    d = direction / norm
+    # o × d̂ = (o × d) / |d| for every d along the same ray
+    p0 = jnp.cross(d, moment / norm)
+    return p0 + jnp.tanh(depth)[..., None] * d
+
+
+def lgm_activations(raw: jax.Array, quat_norm: str = QUAT_NORM_PER_GAUSSIAN,
+                    rays: jax.Array | None = None) -> Gaussians:
     """Map raw LGM head outputs ``[..., N, 14]`` to activated :class:`Gaussians`.
 
     ``quat_norm`` selects the rotation normalisation, one of :data:`QUAT_NORM_OPTIONS`
     (:data:`QUAT_NORM_ACROSS_GAUSSIANS` reproduces the released VideoMV checkpoints).
+    ``rays`` ``[..., N, 6]`` (Plücker, one per Gaussian) selects :data:`POSITIONS_RAY`;
+    ``None`` the released :data:`POSITIONS_ABSOLUTE` head.
     """
     if quat_norm not in QUAT_NORM_OPTIONS:
         raise ValueError(
@@ -140,8 +169,15 @@ def lgm_activations(raw: jax.Array, quat_norm: str = QUAT_NORM_PER_GAUSSIAN) -> 
     rot = raw[..., t["rotations"].slice]
     # per-Gaussian: normalise over the 4 components; across: over the N axis (the VideoMV bug).
     rot = _l2_normalize(rot, axis=-1 if quat_norm == QUAT_NORM_PER_GAUSSIAN else -2)
+    if rays is not None and tuple(rays.shape) != (*raw.shape[:-1], 6):
+        raise ValueError(f"lgm_activations: rays must have shape {(*raw.shape[:-1], 6)} (one "
+                         f"Plücker ray per Gaussian), got {tuple(rays.shape)}")
+    if rays is None:
+        means = jnp.clip(raw[..., t["means"].slice], -1.0, 1.0)
+    else:
+        means = ray_means(raw[..., t["means"].start], rays)
     return Gaussians(
-        means=jnp.clip(raw[..., t["means"].slice], -1.0, 1.0),
+        means=means,
         scales=0.1 * jax.nn.softplus(raw[..., t["scales"].slice]),
         rotations=rot,
         opacities=jax.nn.sigmoid(raw[..., t["opacities"].start]),
