@@ -469,3 +469,34 @@ def test_eval_consistency_end_to_end(eval_cli, tmp_path, scene_views, tiny_lgm, 
     assert eval_cli.main(["consistency", "--generated", str(bare), "--out",
                           str(tmp_path / "r3")]) == 2
     assert "no cameras" in capsys.readouterr().err
+
+
+def test_shapes_views_tool_writes_the_ground_truth_eval_reads(tmp_path, capsys):
+    """tools/shapes_views.py: the folders it writes load (layout ``cameras``) as the same
+    views and cameras that eval.py's shapes benchmark renders, on any background (within half
+    a uint8 step: the PNGs are 8-bit)."""
+    spec = importlib.util.spec_from_file_location(
+        "shapes_views", os.path.join(ROOT, "tools", "shapes_views.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "gt"
+    assert tool.main(["--out", str(out), "--num-samples", "2", "--num-views", "6",
+                      "--resolution", "16", "--seed-offset", "7", "--elevation", "20",
+                      "--distance", "2.0", "--max-objects", "2", "--fit-radius", "0.5",
+                      "--next-to", "left_right", "--max-size-ratio", "1.25"]) == 0
+    sets = folders.find_view_sets(str(out))
+    assert [os.path.basename(s) for s in sets] == ["000_seed7", "001_seed8"]
+    for k, path in enumerate(sets):
+        vs = folders.load_views(path, background=(0.25, 0.5, 0.75))
+        assert vs.layout == "cameras"
+        scene = random_scene(7 + k, 2, 0.5, "left_right", 1.25)
+        rgba, _ = render_scene(scene, 6, 16, 20.0, 2.0)
+        want = rgba[..., :3] + (1.0 - rgba[..., 3:]) * np.asarray([0.25, 0.5, 0.75])
+        np.testing.assert_allclose(vs.views, want, atol=0.5 / 255 + 1e-6)
+        np.testing.assert_allclose(vs.c2w, np.asarray(orbit_cameras(6, 20.0, 2.0)), atol=1e-6)
+        meta = json.loads((out / os.path.basename(path) / "cameras.json").read_text())
+        assert meta["caption"] == scene.caption and meta["seed"] == 7 + k
+    with pytest.raises(SystemExit):  # a world random_scene refuses, before anything is written
+        tool.main(["--out", str(tmp_path / "bad"), "--num-samples", "1",
+                   "--max-size-ratio", "0.5"])
+    assert "shapes world" in capsys.readouterr().err and not (tmp_path / "bad").exists()
