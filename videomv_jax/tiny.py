@@ -37,7 +37,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 
 #: SHA-256 of the shipped ``manifest.json`` (which holds the SHA-256 of every weight file).
-MANIFEST_SHA256 = "4764c15492decfc2a0415eb5c94aa593a9e4360bffdc38d6a1da1bc111cefd34"
+MANIFEST_SHA256 = "fc1b8daac0fb678ef884ad5fe63c2dfdbd939f4384be854e7be3b683c71c3003"
 
 
 class TinyWeightsError(RuntimeError):
