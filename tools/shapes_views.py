@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_views < 1 or args.resolution < 8:
         p.error("--num-views must be >= 1 and --resolution >= 8")
 
-    import numpy as np
-
     from videomv_jax.data import images as image_io
     from videomv_jax.data.shapes import random_scene, render_scene
     from videomv_jax.render.camera import DEFAULT_FOVY_DEG
@@ -81,12 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                                DEFAULT_FOVY_DEG)
         d = os.path.join(args.out, f"{i:03d}_seed{seed}")
         os.makedirs(d, exist_ok=True)
-        # render_scene's colours are premultiplied by alpha; PNG stores straight alpha
-        alpha = rgba[..., 3:]
-        straight = np.where(alpha > 0, rgba[..., :3] / np.maximum(alpha, 1e-8), 0.0)
+        # render_scene's alpha is 1 on hits and 0 elsewhere (colour 0 there), so its RGBA is
+        # already the straight alpha that PNG stores
         for v in range(args.num_views):
-            image_io.write_image(os.path.join(d, f"{v:03d}.png"),
-                                 np.concatenate([straight[v], alpha[v]], -1))
+            image_io.write_image(os.path.join(d, f"{v:03d}.png"), rgba[v])
         with open(os.path.join(d, "cameras.json"), "w") as f:
             json.dump({"elevation": elevation, "distance": distance,
                        "fovy_deg": DEFAULT_FOVY_DEG, "caption": scene.caption,

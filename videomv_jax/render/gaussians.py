@@ -165,13 +165,13 @@ def lgm_activations(raw: jax.Array, quat_norm: str = QUAT_NORM_PER_GAUSSIAN,
         raise ValueError(
             f"lgm_activations expects raw of shape [..., N, {LGM_CHANNELS}], got {tuple(raw.shape)}"
         )
+    if rays is not None and tuple(rays.shape) != (*raw.shape[:-1], 6):
+        raise ValueError(f"lgm_activations: rays must have shape {(*raw.shape[:-1], 6)} (one "
+                         f"Plücker ray per Gaussian), got {tuple(rays.shape)}")
     t = LGM_CHANNEL_TABLE
     rot = raw[..., t["rotations"].slice]
     # per-Gaussian: normalise over the 4 components; across: over the N axis (the VideoMV bug).
     rot = _l2_normalize(rot, axis=-1 if quat_norm == QUAT_NORM_PER_GAUSSIAN else -2)
-    if rays is not None and tuple(rays.shape) != (*raw.shape[:-1], 6):
-        raise ValueError(f"lgm_activations: rays must have shape {(*raw.shape[:-1], 6)} (one "
-                         f"Plücker ray per Gaussian), got {tuple(rays.shape)}")
     if rays is None:
         means = jnp.clip(raw[..., t["means"].slice], -1.0, 1.0)
     else:
