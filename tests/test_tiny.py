@@ -28,7 +28,7 @@ REFERENCE = os.path.join(ROOT, "tests", "data", "videomv_tiny_reference.npz")
 
 #: the manifest of the shipped weights (it lists the SHA-256 of every file); pinned twice on
 #: purpose: here and in videomv_jax/tiny.py
-PINNED_MANIFEST_SHA256 = "fc1b8daac0fb678ef884ad5fe63c2dfdbd939f4384be854e7be3b683c71c3003"
+PINNED_MANIFEST_SHA256 = "ac22ae12a13e6a5a0fb87d14ed3163596c7c088e290c6929af6b43fbe7dfcfbf"
 
 #: reference sample: text→MV at the trained 64², 4 DDIM steps with a 3D-aware step at loop
 #: index 2, seed 7; views 0, 4, ..., 20 are stored

@@ -37,7 +37,7 @@ __all__ = [
 MANIFEST = "manifest.json"
 
 #: SHA-256 of the shipped ``manifest.json`` (which holds the SHA-256 of every weight file).
-MANIFEST_SHA256 = "fc1b8daac0fb678ef884ad5fe63c2dfdbd939f4384be854e7be3b683c71c3003"
+MANIFEST_SHA256 = "ac22ae12a13e6a5a0fb87d14ed3163596c7c088e290c6929af6b43fbe7dfcfbf"
 
 
 class TinyWeightsError(RuntimeError):
