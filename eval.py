@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from videomv_jax.data.shapes import NEXT_TO  # noqa: E402
+from videomv_jax.data.shapes import HELD_OUT_SEED_OFFSET, NEXT_TO, resolve_world  # noqa: E402
 from videomv_jax.eval.consistency import (  # noqa: E402
     FitConfig,
     fit_holdout_score,
@@ -54,9 +54,6 @@ from videomv_jax.eval.folders import (  # noqa: E402
 )
 from videomv_jax.eval.metrics import PSNR_CAP_DB, image_metrics  # noqa: E402
 from videomv_jax.eval.report import write_comparison, write_report  # noqa: E402
-
-HELD_OUT_SEED_OFFSET = 1_000_000
-"""First seed of the held-out ``shapes`` evaluation scenes (training must use seeds below)."""
 
 CAMERA_TOLERANCE_DEG = 2.0
 
@@ -406,20 +403,10 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     if bg == "auto":
         raise UsageError("--background must be a colour for the ground truth")
     cbg = _parse_rgb(args.consistency_background, "--consistency-background")
-    world = {"max_objects": 3, "fit_radius": None, "next_to": "random", "max_size_ratio": None}
-    if default_model:
-        world.update(manifest.get("world_config", {}))
-    if args.max_objects is not None:
-        world["max_objects"] = args.max_objects
-    if args.fit_radius is not None:
-        world["fit_radius"] = args.fit_radius
-    if args.next_to is not None:
-        world["next_to"] = args.next_to
-    if args.max_size_ratio is not None:
-        world["max_size_ratio"] = args.max_size_ratio
     try:  # check the world before the models load
-        random_scene(0, world["max_objects"], world["fit_radius"], world["next_to"],
-                     world["max_size_ratio"])
+        world = resolve_world(manifest.get("world_config") if default_model else None,
+                              max_objects=args.max_objects, fit_radius=args.fit_radius,
+                              next_to=args.next_to, max_size_ratio=args.max_size_ratio)
     except ValueError as err:
         raise UsageError(f"shapes world: {err}") from None
     t0 = time.perf_counter()

@@ -14,6 +14,7 @@ from videomv_jax.data.shapes import (
     Scene,
     random_scene,
     render_scene,
+    resolve_world,
 )
 
 FOVY = 39.6
@@ -249,3 +250,20 @@ def test_max_size_ratio_bounds_pairs_and_leaves_single_objects_alone():
         random_scene(0, max_size_ratio=0.5)
     with pytest.raises(ValueError, match="max_size_ratio"):
         random_scene(0, max_size_ratio=4.0)
+
+
+def test_resolve_world_precedence_and_checks():
+    """random_scene's defaults < base (a manifest's world_config) < overrides that are not None;
+    a bad value raises random_scene's own error; an unknown setting is a TypeError."""
+    assert resolve_world() == {"max_objects": 3, "fit_radius": None, "next_to": "random",
+                               "max_size_ratio": None}
+    base = {"max_objects": 2, "fit_radius": 0.5, "next_to": "left_right", "max_size_ratio": 1.25}
+    assert resolve_world(base, max_objects=None, fit_radius=None) == base
+    assert resolve_world(base, max_objects=1, next_to="random") == {
+        **base, "max_objects": 1, "next_to": "random"}
+    with pytest.raises(ValueError, match="max_size_ratio"):
+        resolve_world(base, max_size_ratio=0.5)
+    with pytest.raises(ValueError, match="max_size_ratio"):
+        resolve_world({**base, "max_size_ratio": 4.0})
+    with pytest.raises(TypeError, match="max_object"):
+        resolve_world(base, max_object=1)

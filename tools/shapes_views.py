@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-HELD_OUT_SEED_OFFSET = 1_000_000
+from videomv_jax.data.shapes import HELD_OUT_SEED_OFFSET, NEXT_TO  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-objects", type=int, choices=(1, 2, 3), default=None,
                    help="at most this many primitives (default: videomv-tiny's world)")
     p.add_argument("--fit-radius", type=float, default=None)
-    p.add_argument("--next-to", choices=("random", "left_right"), default=None)
+    p.add_argument("--next-to", choices=NEXT_TO, default=None)
     p.add_argument("--max-size-ratio", type=float, default=None)
     return p
 
@@ -52,21 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--num-views must be >= 1 and --resolution >= 8")
 
     from videomv_jax.data import images as image_io
-    from videomv_jax.data.shapes import random_scene, render_scene
+    from videomv_jax.data.shapes import random_scene, render_scene, resolve_world
     from videomv_jax.render.camera import DEFAULT_FOVY_DEG
     from videomv_jax.tiny import load_manifest
 
     manifest = load_manifest()
     t2mv = manifest["modes"]["t2mv"]
-    world = dict(manifest["world_config"])
-    for key in ("max_objects", "fit_radius", "next_to", "max_size_ratio"):
-        if getattr(args, key) is not None:
-            world[key] = getattr(args, key)
     elevation = float(t2mv["elevation"] if args.elevation is None else args.elevation)
     distance = float(t2mv["distance"] if args.distance is None else args.distance)
     try:  # the world is checked before anything is written
-        random_scene(0, world["max_objects"], world["fit_radius"], world["next_to"],
-                     world["max_size_ratio"])
+        world = resolve_world(manifest["world_config"], max_objects=args.max_objects,
+                              fit_radius=args.fit_radius, next_to=args.next_to,
+                              max_size_ratio=args.max_size_ratio)
     except ValueError as err:
         p.error(f"shapes world: {err}")
 

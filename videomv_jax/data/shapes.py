@@ -20,7 +20,10 @@ OpenCV camera ``z`` (distance along the optical axis) of the nearest hit, ``0`` 
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,16 +31,19 @@ from videomv_jax.render.camera import DEFAULT_FOVY_DEG, camera_rays, orbit_camer
 
 __all__ = [
     "AMBIENT",
+    "HELD_OUT_SEED_OFFSET",
     "KINDS",
     "LIGHT_DIR",
     "NEXT_TO",
     "PALETTE",
     "SIZE_RANGE",
     "TORUS_TOLERANCE",
+    "WORLD_KEYS",
     "Primitive",
     "Scene",
     "random_scene",
     "render_scene",
+    "resolve_world",
 ]
 
 PALETTE: dict[str, tuple[float, float, float]] = {
@@ -152,6 +158,13 @@ def _phrase(p: Primitive, size_word: str) -> str:
 
 
 NEXT_TO = ("random", "left_right")
+
+HELD_OUT_SEED_OFFSET = 1_000_000
+"""First seed of the held-out ``shapes`` evaluation scenes (training must use seeds below)."""
+
+WORLD_KEYS = ("max_objects", "fit_radius", "next_to", "max_size_ratio")
+"""The :func:`random_scene` arguments that define a world (a data set's, a manifest's
+``world_config``)."""
 
 SIZE_RANGE: tuple[float, float] = (0.1, 0.32)
 """Range of a primitive's overall half size in :func:`random_scene` (before any fit)."""
@@ -422,6 +435,22 @@ _HITTERS = {
     "cone": _hit_cone,
     "torus": _hit_torus,
 }
+
+
+def resolve_world(base: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """A world's :data:`WORLD_KEYS` settings: :func:`random_scene`'s defaults, updated by
+    ``base`` (e.g. a package manifest's ``world_config``), then by the ``overrides`` that are
+    not ``None`` (command-line options). Checked by drawing scene 0, so a bad value raises the
+    ``ValueError`` of :func:`random_scene` before any work is done."""
+    unknown = sorted(set(overrides) - set(WORLD_KEYS))
+    if unknown:
+        raise TypeError(f"resolve_world: unknown world settings {unknown}; known: {WORLD_KEYS}")
+    defaults = inspect.signature(random_scene).parameters
+    world = {key: defaults[key].default for key in WORLD_KEYS}
+    world.update(base or {})
+    world.update({key: value for key, value in overrides.items() if value is not None})
+    random_scene(0, *(world[key] for key in WORLD_KEYS))
+    return world
 
 
 def render_scene(
