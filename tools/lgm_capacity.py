@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import jax
@@ -28,6 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+
+# the repository root, for ``configs`` (not an installed package) when run as a script
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from videomv_jax.render.gaussians import POSITION_OPTIONS, POSITIONS_RAY  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scene-seed", type=int, default=0)
     p.add_argument("--lgm", default="{}", help="JSON overrides of TINY_LGM (network mode)")
     p.add_argument("--quat-norm", default="per_gaussian")
-    p.add_argument("--positions", default="ray", choices=("ray", "absolute"),
+    p.add_argument("--positions", default=POSITIONS_RAY, choices=POSITION_OPTIONS,
                    help="LGM position head (network mode; 'absolute' = the released clamp, "
                         "what the card's one-scene numbers used)")
     p.add_argument("--render-size", type=int, default=32)
