@@ -14,7 +14,9 @@ device mesh; nothing is sharded at construction. The names:
 ==============  =============================================================================
 
 PyTorch parity traps handled here: GroupNorm / LayerNorm epsilons are required arguments (they
-differ per module in the ported models), and :func:`gelu` is the exact erf form.
+differ per module in the ported models), their statistics use the accurate two-pass variance of
+:func:`normalization_stats` (never Flax's default one-pass ``E[x²] − E[x]²``), and :func:`gelu` is
+the exact erf form.
 """
 
 from __future__ import annotations
@@ -85,6 +87,78 @@ def Conv(  # noqa: N802
                     rngs=rngs)
 
 
+def normalization_stats(x: jax.Array, axes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Mean and (biased) variance of ``x`` over ``axes`` in at least float32, as PyTorch's norms
+    compute them: two passes, ``E[(x − μ)²]``, never the one-pass ``E[x²] − E[x]²``.
+
+    Why: flat backgrounds (grey renders, white image inputs) give groups that are almost constant;
+    the one-pass form cancels catastrophically there and a 1e-6 epsilon then magnifies the error
+    ~1000×. The mean is also corrected with the residuals' mean (the "corrected two-pass"
+    algorithm): a float32 reduction of a large-mean group can be off by more than the group's
+    spread, and ``μ₀ + mean(x − μ₀)`` recovers it. The second pass reduces ``d = x − μ₀`` and
+    ``d²`` together (one fused pass), so this costs what a plain two-pass variance costs. Returned
+    with ``axes`` kept (size 1) for broadcasting.
+    """
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    axes = tuple(axes)
+    mean0 = jnp.mean(x, axis=axes, keepdims=True)
+    residual = x - mean0
+    residual_mean = jnp.mean(residual, axis=axes, keepdims=True)
+    residual_sq = jnp.mean(jnp.square(residual), axis=axes, keepdims=True)
+    variance = jnp.maximum(residual_sq - jnp.square(residual_mean), 0.0)
+    return mean0 + residual_mean, variance
+
+
+def _normalized(x: jax.Array, axes: Sequence[int], epsilon: float) -> jax.Array:
+    mean, variance = normalization_stats(x, axes)
+    return (x - mean) * jax.lax.rsqrt(variance + epsilon)
+
+
+def _affine(norm: nnx.Module, y: jax.Array, x: jax.Array) -> jax.Array:
+    """``y · scale + bias`` in float32, cast to the layer's compute dtype (that of the input and
+    parameters when unset, as Flax's layers do)."""
+    args = [x]
+    if norm.scale is not None:
+        y = y * norm.scale[...].astype(y.dtype)
+        args.append(norm.scale[...])
+    if norm.bias is not None:
+        y = y + norm.bias[...].astype(y.dtype)
+        args.append(norm.bias[...])
+    dtype = norm.dtype if norm.dtype is not None else jnp.result_type(*args)
+    return y.astype(dtype)
+
+
+class TwoPassGroupNorm(nnx.GroupNorm):
+    """``nnx.GroupNorm`` (same parameters, so checkpoints are unchanged) whose statistics come
+    from :func:`normalization_stats`. Groups pool every non-batch axis, channels last."""
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        if mask is not None or self.axis_name is not None or self.reduction_axes is not None:
+            raise NotImplementedError("TwoPassGroupNorm supports neither mask, axis_name nor "
+                                      "reduction_axes (none of the ported models uses them)")
+        channels = self.num_groups * self.group_size
+        if x.shape[-1] != channels:
+            raise ValueError(f"GroupNorm expects {channels} channels (last axis), got input of "
+                             f"shape {x.shape}")
+        x = x if self.dtype is None else x.astype(self.dtype)
+        grouped = x.reshape(*x.shape[:-1], self.num_groups, self.group_size)
+        axes = (*range(1, grouped.ndim - 2), grouped.ndim - 1)
+        y = _normalized(grouped, axes, self.epsilon).reshape(x.shape)
+        return _affine(self, y, x)
+
+
+class TwoPassLayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm`` over the last axis (same parameters) with the statistics of
+    :func:`normalization_stats`."""
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        if mask is not None or self.axis_name is not None or self.reduction_axes not in (-1, (-1,)):
+            raise NotImplementedError("TwoPassLayerNorm normalises the last axis only, without "
+                                      "mask or axis_name")
+        x = x if self.dtype is None else x.astype(self.dtype)
+        return _affine(self, _normalized(x, (x.ndim - 1,), self.epsilon), x)
+
+
 def GroupNorm(  # noqa: N802
     num_features: int,
     num_groups: int,
@@ -93,10 +167,11 @@ def GroupNorm(  # noqa: N802
     rngs: nnx.Rngs,
     dtype=None,
     param_dtype=jnp.float32,
-) -> nnx.GroupNorm:
-    """GroupNorm over all non-batch axes of each group (channels last). ``epsilon`` is required:
-    PyTorch's default is 1e-5 but the transformers/VAE of the ported models use 1e-6."""
-    return nnx.GroupNorm(num_features, num_groups=num_groups, epsilon=epsilon, dtype=dtype,
+) -> TwoPassGroupNorm:
+    """GroupNorm over all non-batch axes of each group (channels last), two-pass statistics.
+    ``epsilon`` is required: PyTorch's default is 1e-5 but the transformers/VAE of the ported
+    models use 1e-6."""
+    return TwoPassGroupNorm(num_features, num_groups=num_groups, epsilon=epsilon, dtype=dtype,
                          param_dtype=param_dtype, scale_init=_part(ones, ("embed",)),
                          bias_init=_part(zeros, ("embed",)), rngs=rngs)
 
@@ -108,9 +183,10 @@ def LayerNorm(  # noqa: N802
     rngs: nnx.Rngs,
     dtype=None,
     param_dtype=jnp.float32,
-) -> nnx.LayerNorm:
-    """LayerNorm over the last axis; ``epsilon`` required (PyTorch default 1e-5)."""
-    return nnx.LayerNorm(num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+) -> TwoPassLayerNorm:
+    """LayerNorm over the last axis, two-pass statistics; ``epsilon`` required (PyTorch default
+    1e-5)."""
+    return TwoPassLayerNorm(num_features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
                          scale_init=_part(ones, ("embed",)), bias_init=_part(zeros, ("embed",)),
                          rngs=rngs)
 
