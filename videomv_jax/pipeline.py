@@ -252,6 +252,10 @@ class MultiViewPipeline:
             tokenizer = load_tokenizer(tok_dir)
         except (FileNotFoundError, OSError, ValueError) as err:
             raise PipelineError(f"no CLIP tokenizer in {tok_dir!r}: {err}") from err
+        try:  # ids past the text encoder's embedding would give NaN features
+            tokenizer.check_fits(models["clip_text"].config.vocab_size)
+        except ValueError as err:
+            raise PipelineError(str(err)) from err
         return cls(models, tokenizer, config, sources, os.path.abspath(root))
 
     def _check_consistency(self) -> None:

@@ -346,7 +346,7 @@ def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
         # the vision tower's own input size (224 for ViT-H-14; the tiny tower is smaller)
         task.clip_image_size = int(models["vision"].config.image_size)
     if "text" in models and tokenizer is not None:
-        vocab = len(tokenizer.get_vocab())
+        vocab = tokenizer.vocab_size  # largest id + 1
         if models["text"].config.vocab_size < vocab:
             raise ValueError(f"the text encoder's vocab_size {models['text'].config.vocab_size}"
                              f" is smaller than the tokenizer's {vocab}")
