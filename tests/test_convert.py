@@ -31,12 +31,6 @@ from videomv_jax.convert.base import (
     convert_state_dict,
     linear,
 )
-from videomv_jax.convert.checkpoint import (
-    ConvertedCheckpointError,
-    load_converted,
-    read_converted_config,
-    save_converted,
-)
 from videomv_jax.convert.registry import (
     ModelKind,
     SourceFormat,
@@ -44,6 +38,12 @@ from videomv_jax.convert.registry import (
     convert_source,
     get_kind,
     resolve_config,
+)
+from videomv_jax.model_store import (
+    ConvertedCheckpointError,
+    load_converted,
+    read_converted_config,
+    save_converted,
 )
 from videomv_jax.nn import layers as L
 
@@ -325,7 +325,7 @@ _SHARDED = textwrap.dedent("""
     import numpy as np
     from flax import nnx
     from jax.sharding import NamedSharding
-    from videomv_jax.convert.checkpoint import load_converted
+    from videomv_jax.model_store import load_converted
     from videomv_jax.parallel import make_mesh
     mesh = make_mesh(4, 2, 1)
     model, cfg = load_converted(sys.argv[1], mesh=mesh)

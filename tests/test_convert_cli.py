@@ -2,7 +2,7 @@
 
 For each source naming a state dict is written to disk in that naming, converted with
 ``tools/convert_torch_weights.py`` (``main(argv)`` run in-process, tiny config, ``--no-progress``),
-loaded with :func:`videomv_jax.convert.checkpoint.load_converted`, and the Flax model's output
+loaded with :func:`videomv_jax.model_store.load_converted`, and the Flax model's output
 is compared with the PyTorch source model's on the same inputs:
 
 * diffusers / transformers namings come straight from the source library (``state_dict()``,
@@ -54,9 +54,9 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.torch import save_file  # noqa: E402
 
-from videomv_jax.convert.checkpoint import load_converted, read_converted_config  # noqa: E402
 from videomv_jax.convert.registry import KINDS  # noqa: E402
 from videomv_jax.convert.unet import rules_diffusers, rules_vgen  # noqa: E402
+from videomv_jax.model_store import load_converted, read_converted_config  # noqa: E402
 from videomv_jax.models.clip import (  # noqa: E402
     CLIPTextConfig,
     load_tokenizer,

@@ -5,7 +5,7 @@
         [--config PRESET|JSON] [--tokenizer-dir DIR] [--overwrite] [--dry-run]
 
 The output directory (``config.json`` + orbax ``params/`` + optional ``tokenizer/``) is loaded
-with ``videomv_jax.convert.checkpoint.load_converted(OUT_DIR, mesh=...)``, which restores the
+with ``videomv_jax.model_store.load_converted(OUT_DIR, mesh=...)``, which restores the
 weights directly into (sharded) device arrays.
 
 Checks: the conversion table of KIND/FORMAT is generated from the model config and applied
@@ -92,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from videomv_jax.convert.base import ConversionError, load_source_checkpoint
-    from videomv_jax.convert.checkpoint import save_converted
     from videomv_jax.convert.registry import (
         check_source,
         convert_source,
         get_kind,
         resolve_config,
     )
+    from videomv_jax.model_store import save_converted
 
     try:
         kind = get_kind(args.kind)

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from videomv_jax.convert.checkpoint import load_converted, read_converted_config
 from videomv_jax.diffusion.sampler import (
     SamplerConfig,
     image_conditions,
@@ -38,6 +37,7 @@ from videomv_jax.diffusion.sampler import (
     sampler_geometry,
     text_conditions,
 )
+from videomv_jax.model_store import load_converted, read_converted_config
 from videomv_jax.models.clip import PromptTruncatedWarning, load_tokenizer, preprocess, tokenize
 from videomv_jax.render.camera import orbit_cameras
 from videomv_jax.render.gaussians import Gaussians

@@ -442,7 +442,7 @@ def convert_source(
     ``target`` ({path: shape/dtype}) defaults to the abstract model of ``config``.
     Returns {parameter path: numpy array}, or jax arrays on ``device`` when given (each tensor
     is moved as soon as it is converted). Pass ``jax.devices("cpu")[0]`` before
-    :func:`~videomv_jax.convert.checkpoint.save_converted`: orbax writes jax arrays without
+    :func:`~videomv_jax.model_store.save_converted`: orbax writes jax arrays without
     staging a second host copy of the whole tree, which it does for numpy leaves.
     """
     k = get_kind(kind)
