@@ -52,7 +52,7 @@ from videomv_jax.models.clip import (
 )
 
 torch.set_num_threads(1)
-SPEC = Path("/work/shared/spec/checkpoints")
+SPEC = Path(__file__).parent / "data" / "checkpoints"
 
 # float32 everywhere; these are 2-3 block towers with O(1) activations, so the only
 # differences are summation order in matmuls/softmax/LayerNorm: a few ulps per op, ~1e-6.

@@ -50,7 +50,7 @@ from videomv_jax.nn import layers as L
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 CLI = REPO / "tools" / "convert_torch_weights.py"
-SPEC = Path("/work/shared/spec/checkpoints")
+SPEC = Path(__file__).parent / "data" / "checkpoints"
 
 
 # ---- toy model, converter and kind -------------------------------------------------------------

@@ -12,8 +12,8 @@ is compared with the PyTorch source model's on the same inputs:
   helpers of ``tests/test_vae.py`` / ``tests/test_clip.py`` (imported by file path); the VGen one
   maps each parameter's diffusers key to its VGen key through the two rule tables (as
   ``tests/test_unet3d.py`` does) and its key patterns are checked against the released
-  checkpoint's names (``spec/checkpoints/videomv_{t2v,i2v}.json``). VideoMV's camera MLP (absent
-  in diffusers) is a random PyTorch MLP whose output is added to every ResBlock's time
+  checkpoint's names (``tests/data/checkpoints/videomv_{t2v,i2v}.json``). VideoMV's camera MLP
+  (absent in diffusers) is a random PyTorch MLP whose output is added to every ResBlock's time
   embedding by forward pre-hooks, which is VGen's semantics;
 * LGM naming is the ``state_dict()`` of the independent PyTorch LGM of ``tests/test_lgm.py``.
 
@@ -70,7 +70,7 @@ torch.set_num_threads(1)
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-SPEC = Path("/work/shared/spec/checkpoints")
+SPEC = Path(__file__).parent / "data" / "checkpoints"
 
 MODEL_ATOL = 1e-4  # whole UNets / VAE / LGM (house bound; observed <= 3.8e-6)
 CLIP_ATOL = 2e-5  # CLIP towers, as tests/test_clip.py (observed <= 2.4e-6)
