@@ -24,12 +24,14 @@ from flax import nnx
 
 from videomv_jax.convert.base import (
     ConversionError,
+    LazyTensor,
     Rule,
     abstract_params,
     apply_params,
     conv2d,
     convert_state_dict,
     linear,
+    open_source_checkpoint,
 )
 from videomv_jax.convert.registry import (
     ModelKind,
@@ -394,6 +396,52 @@ def test_full_size_layouts(kind, fmt, spec, module, n):
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
+
+
+def test_streaming_source_reads_only_used_tensors_in_their_dtype(tmp_path):
+    """open_source_checkpoint: names and shapes without reading; convert_source reads each used
+    tensor once (never the other parts of a combined checkpoint), keeps float16 when asked, and
+    bfloat16 / float16 tensors of .pth and .safetensors files read back bit for bit."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    cfg = ToyConfig()
+    sd = {k: v.astype(np.float16) for k, v in toy_state_dict(cfg).items()}
+    state = {f"model.{k}": torch.from_numpy(v) for k, v in sd.items()}
+    state["ema.conv.weight"] = torch.ones(64, 64, dtype=torch.float16)  # another part
+    torch.save({"state_dict": state}, tmp_path / "toy.pth")
+    src = open_source_checkpoint(tmp_path / "toy.pth")
+    assert isinstance(src["ema.conv.weight"], LazyTensor)
+    assert src["ema.conv.weight"].shape == (64, 64) and src["model.conv.weight"].dtype == "float16"
+    reads = []
+    for key, t in src.items():
+        t._read = (lambda key=key, read=t._read: reads.append(key) or read())
+    out = convert_source(TOY_KIND, "torch", src, cfg, dtype="float16")
+    assert sorted(reads) == sorted(f"model.{k}" for k in sd)  # each used tensor read once
+    rules, ignore = rules_toy(cfg)
+    want = convert_state_dict(sd, rules, abstract_params(
+        nnx.eval_shape(lambda: Toy(cfg, rngs=nnx.Rngs(0)))), ignore)
+    for path, value in want.items():
+        assert out[path].dtype == np.float16
+        np.testing.assert_array_equal(out[path], value.astype(np.float16))
+    # without dtype: the parameter dtype (float32), exactly the float16 values
+    out32 = convert_source(TOY_KIND, "torch", open_source_checkpoint(tmp_path / "toy.pth"), cfg)
+    assert out32[("conv", "kernel")].dtype == np.float32
+    np.testing.assert_array_equal(out32[("conv", "kernel")], want[("conv", "kernel")])
+
+    x = torch.randn(3, 5).to(torch.bfloat16)
+    h = torch.randn(4).to(torch.float16)
+    save_file({"x": x, "h": h}, str(tmp_path / "t.safetensors"))
+    torch.save({"x": x, "h": h}, tmp_path / "t.pth")
+    for name in ("t.safetensors", "t.pth"):
+        lazy = open_source_checkpoint(tmp_path / name)
+        assert lazy["x"].shape == (3, 5) and str(lazy["x"].dtype) == "bfloat16"
+        np.testing.assert_array_equal(np.asarray(lazy["x"]).astype(np.float32), x.float().numpy())
+        np.testing.assert_array_equal(np.asarray(lazy["h"]), h.numpy())
+        lazy["x"].release()  # dropping a mapped tensor's pages keeps it readable
+        np.testing.assert_array_equal(np.asarray(lazy["x"]).astype(np.float32), x.float().numpy())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_source_checkpoint(tmp_path / "nope.pth")
 
 
 def test_cli_help():
