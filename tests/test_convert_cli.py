@@ -103,12 +103,15 @@ cli = _load_file_module("convert_torch_weights", REPO / "tools" / "convert_torch
 _fwd = nnx.jit(lambda m, *args, **kw: m(*args, **kw))  # jitted whole-model calls
 
 
-def _convert(kind: str, src: Path, fmt: str, out: Path, config: str | dict = "tiny",
+def _convert(kind: str, src: Path, fmt: str, out: Path, config: str | dict | None = None,
              *extra: str):
-    """Run the CLI in-process, then load the converted directory: (model, config)."""
-    cfg_arg = config if isinstance(config, str) else json.dumps(config)
-    rc = cli.main([kind, str(src), str(out), "--format", fmt, "--config", cfg_arg,
-                   "--no-progress", *extra])
+    """Run the CLI in-process, then load the converted directory: (model, config). Without
+    ``config`` the CLI reads the sizes off the checkpoint (the tests then check that it found
+    the tiny config the reference model was built with)."""
+    cfg_arg = [] if config is None else ["--config", config if isinstance(config, str)
+                                         else json.dumps(config)]
+    rc = cli.main([kind, str(src), str(out), "--format", fmt, *cfg_arg, "--no-progress",
+                   *extra])
     assert rc == 0, f"convert_torch_weights.py {kind} --format {fmt} exited with {rc}"
     meta = read_converted_config(out)
     assert meta["model"] == kind and meta["source"]["format"] == fmt
@@ -480,3 +483,76 @@ def test_lgm(fmt, work, lgm_torch, videomv_pth):
         ref = lgm_torch(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 2)))).numpy()
     _close(_fwd(model, jnp.asarray(x)), ref, MODEL_ATOL)
     assert math.prod(ref.shape) == 2 * cfg.num_gaussians * 14
+
+
+# ---- config inference, half-precision storage, one command per release ---------------------
+
+
+def test_sizes_read_off_the_checkpoint_half_storage_and_short_error(work, capsys):
+    """A VAE of a size no preset has converts without --config (its sizes read off the shapes,
+    printed), stored in float16 (values = the float16 rounding of the source); a checkpoint no
+    config of the kind fits gets one short error line."""
+    import dataclasses
+
+    cfg = dataclasses.replace(VAEConfig.full(), ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                              norm_groups=8)
+    tm = tv.torch_vae(cfg).eval()
+    sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
+    ldm = tv.diffusers_to_ldm(sd, len(cfg.ch_mult))
+    src = work / "odd_vae.ckpt"
+    torch.save({"state_dict": {f"first_stage_model.{k}": v
+                               for k, v in _torch_state(ldm).items()}}, src)
+    out = work / "odd_vae"
+    capsys.readouterr()
+    rc = cli.main(["vae", str(src), str(out), "--format", "ldm", "--storage-dtype", "float16",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "read from the checkpoint's shapes" in err and '"ch": 16' in err
+    meta = read_converted_config(out)
+    assert meta["storage_dtype"] == "float16"
+    assert meta["source"]["config_from"] == "read from the checkpoint's shapes"
+    model, got = load_converted(out, kind="vae")
+    assert got == cfg
+    want = ldm["decoder.conv_out.weight"].transpose(2, 3, 1, 0).astype(np.float16)
+    np.testing.assert_array_equal(np.asarray(model.decoder.conv_out.kernel[...]),
+                                  want.astype(np.float32))
+
+    rc = cli.main(["unet-t2v", str(src), str(work / "not_a_unet"), "--format", "vgen",
+                   "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "cannot place this checkpoint as 'unet-t2v'" in err
+    assert "--config" in err and not (work / "not_a_unet").exists()
+
+
+def test_release_command_writes_a_sampleable_directory(work, videomv_pth, vae_torch, clip_files,
+                                                       tokenizer_dir):
+    """``release t2mv`` turns the VideoMV .pth (UNet + lgm_big), an LDM checkpoint and the
+    open_clip file into the directory the pipeline loads, with every size read off the files."""
+    import configs.t2mv
+    from videomv_jax.pipeline import MultiViewPipeline
+
+    sd = {k: v.detach().numpy() for k, v in vae_torch.state_dict().items()}
+    ldm = tv.diffusers_to_ldm(sd, len(VAEConfig.tiny().ch_mult))
+    vae = work / "release_ldm.ckpt"
+    torch.save({"state_dict": {f"first_stage_model.{k}": v
+                               for k, v in _torch_state(ldm).items()}}, vae)
+    out = work / "release_t2mv"
+    rc = cli.main(["release", "t2mv", "--unet", str(videomv_pth), "--vae", str(vae), "--clip",
+                   str(clip_files["open_clip"]), "--tokenizer-dir", str(tokenizer_dir), "--out",
+                   str(out), "--no-progress"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip_text", "lgm", "unet", "vae"]
+    assert (out / "clip_text" / "tokenizer" / "vocab.json").is_file()
+    cfg = configs.t2mv.get_config()
+    cfg.checkpoint_dir = str(out)
+    pipe = MultiViewPipeline.from_checkpoints(out, cfg)
+    assert pipe.models["unet"].config == UNet3DConfig.text_tiny()
+    assert pipe.models["lgm"].config == LGMConfig.tiny()
+    assert pipe.models["vae"].config == VAEConfig.tiny()
+    assert pipe.models["clip_text"].config == CLIPTextConfig.tiny()
+    # a second run refuses to overwrite; a missing input is named
+    assert cli.main(["release", "t2mv", "--unet", str(videomv_pth), "--vae", str(vae), "--clip",
+                     str(clip_files["open_clip"]), "--out", str(out)]) == 2
+    assert cli.main(["release", "t2mv", "--unet", str(work / "nope.pth"), "--vae", str(vae),
+                     "--clip", str(clip_files["open_clip"]), "--out", str(work / "r2")]) == 2
