@@ -10,7 +10,7 @@ under ``/usr/bin/time -v``; "peak RSS" is its maximum resident set size, "writte
 the parameters it writes, and "base" the RSS of a process that only imports what the converter
 imports (jax, torch, orbax). Run it once, niced, on a machine with ~20 GB of free disk:
 
-    nice python benchmarks/conversion_memory.py [--cases unet-t2v,lgm,...] [--append]
+    nice python benchmarks/conversion_memory.py [--cases unet-t2v,lgm,...] [--quick]
 """
 
 from __future__ import annotations
@@ -79,14 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default="/tmp/videomv_conversion_bench")
     p.add_argument("--cases", default=",".join(CASES))
-    p.add_argument("--append", action="store_true", help="append the table to RESULTS.md")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"),
+                   help="results file the table is appended to")
+    p.add_argument("--no-write", action="store_true", help="only print the table")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: the VAE case only (0.3 GB), printed, not written")
     p.add_argument("--keep", action="store_true", help="keep the converted directories")
     args = p.parse_args(argv)
     from common import append_results, core_count, cpu_model, log
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    cases = ["vae"] if args.quick else [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         p.error(f"unknown cases {unknown}; known: {sorted(CASES)}")
@@ -138,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{rss / written:.2f} | {(rss - base_rss) / written:.2f} | {wall:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.append:
-        append_results(REPO / "benchmarks" / "RESULTS.md", text)
+    if not (args.no_write or args.quick):
+        append_results(Path(args.out), text)
     return 0
 
 

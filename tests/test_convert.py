@@ -33,6 +33,7 @@ from videomv_jax.convert.base import (
     linear,
     open_source_checkpoint,
 )
+from videomv_jax.convert.infer import READERS, infer_config
 from videomv_jax.convert.registry import (
     ModelKind,
     SourceFormat,
@@ -390,9 +391,13 @@ _FULL = [("vae", "ldm", "ldm_vae", "videomv_jax.models.vae", 248),
 def test_full_size_layouts(kind, fmt, spec, module, n):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} not available")
-    got = check_source(kind, fmt, _placeholders(spec), resolve_config(kind, "full"))
+    full = resolve_config(kind, "full")
+    got = check_source(kind, fmt, _placeholders(spec), full)
     if n is not None:
         assert got == n
+    if (kind, fmt) in READERS:  # the released sizes are read back off the released shapes
+        cfg, how = infer_config(kind, fmt, _placeholders(spec))
+        assert cfg == full and how == "read from the checkpoint's shapes"
 
 
 # ---- CLI -----------------------------------------------------------------------------------------

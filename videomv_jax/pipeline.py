@@ -248,6 +248,8 @@ class MultiViewPipeline:
                 raise PipelineError(f"could not load {name!r} from {sub!r}: {err}") from err
         tok_dir = os.path.join(root, _cfg_get(config.subdirs, "clip_text", "clip_text"),
                                "tokenizer")
+        if not os.path.isdir(tok_dir) and models["clip_text"].config.vocab_size == 49408:
+            tok_dir = "openclip"  # OpenCLIP's vocabulary: the tokenizer shipped with the package
         try:
             tokenizer = load_tokenizer(tok_dir)
         except (FileNotFoundError, OSError, ValueError) as err:

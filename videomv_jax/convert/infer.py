@@ -110,9 +110,10 @@ def _vae_ldm(sh: Shapes, kind: ModelKind) -> Any:
     return dataclasses.replace(like, **fields)
 
 
-def _count(sh: Shapes, prefix: str) -> int:
+def _count(sh: Shapes, pattern: str) -> int:
+    """How many consecutive layers ``pattern.format(n=0, 1, ...)`` names."""
     n = 0
-    while f"{prefix}{n}.ln_1.weight" in sh:
+    while pattern.format(n=n) in sh:
         n += 1
     return n
 
@@ -122,7 +123,7 @@ def _clip_text_open_clip(sh: Shapes, kind: ModelKind) -> Any:
     like = _preset_like(kind, "width", width)
     return dataclasses.replace(
         like, vocab_size=vocab, width=width, context_length=int(sh["positional_embedding"][0]),
-        layers=_count(sh, "transformer.resblocks."), heads=_heads(width, like, 64),
+        layers=_count(sh, "transformer.resblocks.{n}.ln_1.weight"), heads=_heads(width, like, 64),
         mlp_dim=int(sh["transformer.resblocks.0.mlp.c_fc.weight"][0]),
         projection_dim=int(sh["text_projection"][1]) if "text_projection" in sh else None)
 
@@ -133,16 +134,9 @@ def _clip_vision_open_clip(sh: Shapes, kind: ModelKind) -> Any:
     grid = round((int(sh["positional_embedding"][0]) - 1) ** 0.5)
     return dataclasses.replace(
         like, width=width, patch_size=patch, image_size=grid * patch,
-        layers=_count(sh, "transformer.resblocks."), heads=_heads(width, like, 80),
+        layers=_count(sh, "transformer.resblocks.{n}.ln_1.weight"), heads=_heads(width, like, 80),
         mlp_dim=int(sh["transformer.resblocks.0.mlp.c_fc.weight"][0]),
         output_dim=int(sh["proj"][1]))
-
-
-def _hf_layers(sh: Shapes, prefix: str) -> int:
-    n = 0
-    while f"{prefix}encoder.layers.{n}.layer_norm1.weight" in sh:
-        n += 1
-    return n
 
 
 def _clip_text_hf(sh: Shapes, kind: ModelKind) -> Any:
@@ -152,7 +146,8 @@ def _clip_text_hf(sh: Shapes, kind: ModelKind) -> Any:
     return dataclasses.replace(
         like, vocab_size=vocab, width=width,
         context_length=int(sh[f"{p}embeddings.position_embedding.weight"][0]),
-        layers=_hf_layers(sh, p), heads=_heads(width, like, 64),
+        layers=_count(sh, p + "encoder.layers.{n}.layer_norm1.weight"),
+        heads=_heads(width, like, 64),
         mlp_dim=int(sh[f"{p}encoder.layers.0.mlp.fc1.weight"][0]),
         projection_dim=(int(sh["text_projection.weight"][0]) if "text_projection.weight" in sh
                         else None))
@@ -165,7 +160,8 @@ def _clip_vision_hf(sh: Shapes, kind: ModelKind) -> Any:
     grid = round((int(sh[f"{p}embeddings.position_embedding.weight"][0]) - 1) ** 0.5)
     return dataclasses.replace(
         like, width=width, patch_size=patch, image_size=grid * patch,
-        layers=_hf_layers(sh, p), heads=_heads(width, like, 80),
+        layers=_count(sh, p + "encoder.layers.{n}.layer_norm1.weight"),
+        heads=_heads(width, like, 80),
         mlp_dim=int(sh[f"{p}encoder.layers.0.mlp.fc1.weight"][0]),
         output_dim=int(sh["visual_projection.weight"][0]))
 
