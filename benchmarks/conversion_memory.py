@@ -54,6 +54,7 @@ SOURCES = {
 #: case → (kind, format, source, storage dtype or None)
 CASES = {
     "unet-t2v": ("unet-t2v", "vgen", "videomv_t2v", "float16"),
+    "unet-t2v-f32": ("unet-t2v", "vgen", "videomv_t2v", None),
     "unet-i2v": ("unet-i2v", "vgen", "videomv_i2v", "float16"),
     "lgm-from-t2v": ("lgm", "vgen", "videomv_t2v", None),
     "lgm": ("lgm", "lgm", "lgm_big", "float16"),
