@@ -1,11 +1,12 @@
 """Model configs read off a source checkpoint's tensor shapes.
 
 :func:`infer_config` tries, in order, a config derived from the shapes (where a reader exists
-for the kind and format: VGen UNets, LDM VAE, open_clip text / vision towers) and each preset
-of the kind, and returns the first whose conversion table fits the checkpoint exactly
-(:func:`~videomv_jax.convert.registry.check_source`: no tensor is read). What the shapes cannot
-tell (attention head width, GroupNorm groups, epsilons, dropout) comes from the released
-models: the preset with the same base width, else the released full-size values.
+for the kind and format: VGen UNets, LDM VAE, LGM, open_clip and transformers CLIP towers)
+and each preset of the kind, and returns the first whose conversion table fits the checkpoint
+exactly (:func:`~videomv_jax.convert.registry.check_source`: no tensor is read). What the
+shapes cannot tell (attention head width, GroupNorm groups, epsilons, dropout, LGM's input
+size and camera) comes from the released models: the preset with the same base width, else
+the released full-size values.
 """
 
 from __future__ import annotations
@@ -166,6 +167,29 @@ def _clip_vision_hf(sh: Shapes, kind: ModelKind) -> Any:
         output_dim=int(sh["visual_projection.weight"][0]))
 
 
+def _lgm(sh: Shapes, kind: ModelKind) -> Any:
+    def blocks(part: str) -> list[int]:
+        return list(range(_count(sh, "unet." + part + ".{n}.nets.0.conv1.weight")))
+
+    down, up = blocks("down_blocks"), blocks("up_blocks")
+    down_ch = tuple(int(sh[f"unet.down_blocks.{i}.nets.0.conv1.weight"][0]) for i in down)
+    like = _preset_like(kind, "down_channels", down_ch)
+    n_down = sum(f"unet.down_blocks.{i}.downsample.weight" in sh for i in down)
+    n_up = sum(f"unet.up_blocks.{i}.upsample.weight" in sh for i in up)
+    up_ch = tuple(int(sh[f"unet.up_blocks.{i}.nets.0.conv1.weight"][0]) for i in up)
+    fields: dict[str, Any] = dict(
+        in_channels=int(sh["unet.conv_in.weight"][1]),
+        out_channels=int(sh["unet.conv_out.weight"][0]), down_channels=down_ch,
+        down_attention=tuple(f"unet.down_blocks.{i}.attns.0.norm.weight" in sh for i in down),
+        mid_attention="unet.mid_block.attns.0.norm.weight" in sh, up_channels=up_ch,
+        up_attention=tuple(f"unet.up_blocks.{i}.attns.0.norm.weight" in sh for i in up),
+        layers_per_block=_count(sh, "unet.down_blocks.0.nets.{n}.conv1.weight"),
+        splat_size=like.input_size * 2 ** n_up // 2 ** n_down)
+    if any(c % like.norm_groups for c in down_ch + up_ch):
+        fields["norm_groups"] = 1
+    return dataclasses.replace(like, **fields)
+
+
 #: (kind, format) → reader of a config from the (prefix-stripped) shapes
 READERS: dict[tuple[str, str], Callable[[Shapes, ModelKind], Any]] = {
     ("unet-t2v", "vgen"): _unet_vgen,
@@ -174,6 +198,8 @@ READERS: dict[tuple[str, str], Callable[[Shapes, ModelKind], Any]] = {
     ("clip-text", "open_clip"): _clip_text_open_clip,
     ("clip-vision", "open_clip"): _clip_vision_open_clip,
     ("clip-text", "hf"): _clip_text_hf,
+    ("lgm", "lgm"): _lgm,
+    ("lgm", "vgen"): _lgm,
     ("clip-vision", "hf"): _clip_vision_hf,
 }
 
