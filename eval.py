@@ -185,7 +185,7 @@ def _load_lpips(args: argparse.Namespace):
             raise UsageError(f"LPIPS weights {path!r} do not exist")
     from flax import nnx
 
-    from videomv_jax.models.lpips import load_lpips
+    from videomv_jax.convert.lpips import load_lpips
 
     model = load_lpips(args.lpips_vgg16, args.lpips_weights)
     fn = nnx.jit(lambda m, x, y: m(x, y))
@@ -306,7 +306,7 @@ def cmd_folders(args: argparse.Namespace) -> int:
 
 
 def _load_lgm(path: str):
-    from videomv_jax.convert.checkpoint import load_converted
+    from videomv_jax.model_store import load_converted
 
     if not os.path.isdir(path):
         raise UsageError(f"--lgm-checkpoint {path!r} is not a folder")

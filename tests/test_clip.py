@@ -40,17 +40,19 @@ from videomv_jax.models.clip import (
     CLIP_STD,
     CLIPTextConfig,
     CLIPTextModel,
+    CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModel,
     PromptTruncatedWarning,
     load_tokenizer,
+    openclip_tokenizer,
     preprocess,
     resize_weights,
     tokenize,
 )
 
 torch.set_num_threads(1)
-SPEC = Path("/work/shared/spec/checkpoints")
+SPEC = Path(__file__).parent / "data" / "checkpoints"
 
 # float32 everywhere; these are 2-3 block towers with O(1) activations, so the only
 # differences are summation order in matmuls/softmax/LayerNorm: a few ulps per op, ~1e-6.
@@ -474,6 +476,65 @@ def test_tokenize_truncation_is_announced(tok_dir):
     assert (ids[1, 1:76] == vocab["hello</w>"]).all()
     with pytest.raises(FileNotFoundError, match="vocab.json"):
         load_tokenizer(directory / "nowhere")
+
+
+OPEN_CLIP_CORPUS = Path(__file__).parent / "data" / "open_clip_tokens.json"
+
+
+def test_openclip_tokenizer_matches_open_clip_corpus():
+    """The shipped tokenizer against ids open_clip 3.3.0 itself produced for 250 prompts
+    (tools/make_tokenizer_corpus.py): curly quotes, full-width forms, ligatures, mojibake, HTML
+    entities, CJK, emoji, special-token look-alikes, prompts cut at 77 ids. Exact equality."""
+    data = json.loads(OPEN_CLIP_CORPUS.read_text())
+    cases = data["cases"]
+    assert len(cases) >= 200 and sum(len(c["ids"]) == 77 for c in cases) >= 5
+    tok = openclip_tokenizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptTruncatedWarning)
+        ids = tokenize(tok, [c["prompt"] for c in cases], vocab_size=49408)
+    bad = []
+    for row, case in zip(ids, cases, strict=True):
+        want = np.zeros(77, np.int32)
+        want[:len(case["ids"])] = case["ids"]
+        if not np.array_equal(row, want):
+            bad.append(case["prompt"])
+    assert not bad, f"{len(bad)} prompts differ from open_clip, e.g. {bad[:5]}"
+    assert (tok.sot_id, tok.eot_id, tok.vocab_size) == (49406, 49407, 49408)
+    assert tok.decode(tok.encode("A \u2018Curly\u2019 caf\u00c3\u00a9")) == "a ' curly ' caf\u00e9"
+
+
+def test_tokenizer_directory_round_trip_and_special_names(tmp_path):
+    tok = openclip_tokenizer()
+    tok.save(tmp_path / "oc")
+    again = load_tokenizer(tmp_path / "oc")
+    prompts = ["a \u201ccurly\u201d \ufb01sh", "\u732b \U0001f431 <end_of_text> x"]
+    np.testing.assert_array_equal(tokenize(again, prompts), tokenize(tok, prompts))
+    assert load_tokenizer("openclip") is tok
+    # open_clip's special-token names are found at their own ids (not appended as new ids)
+    assert (again.sot_token, again.sot_id, again.eot_id) == ("<start_of_text>", 49406, 49407)
+
+
+def test_special_tokens_beyond_the_embedding_are_an_error(tok_dir, tmp_path):
+    """A vocabulary whose start/end ids do not fit the text encoder's embedding is refused
+    (before: such ids read past the table and the text model returned NaN)."""
+    directory, vocab = tok_dir
+    tok = load_tokenizer(directory)
+    with pytest.raises(ValueError, match=r"emits ids up to 58 .*only 50 token embeddings"):
+        tokenize(tok, ["hello"], vocab_size=50)
+    cfg = CLIPTextConfig.tiny(layers=2, context_length=8, width=8, heads=2, mlp_dim=8)
+    model = CLIPTextModel(cfg, rngs=nnx.Rngs(0))
+    ids = np.zeros((1, 8), np.int32)
+    ids[0, 1] = cfg.vocab_size  # one past the last row
+    with pytest.raises(ValueError, match=rf"must lie in \[0, {cfg.vocab_size}\)"):
+        model(ids)
+    ids[0, 1] = cfg.vocab_size - 1
+    assert np.isfinite(np.asarray(model(ids))).all()
+    # a vocabulary without start/end tokens is refused when loaded
+    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0, "a</w>": 1}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(ValueError, match="no start/end special tokens"):
+        load_tokenizer(tmp_path)
+    assert isinstance(tok, CLIPTokenizer)
 
 
 # ---- image preprocessing ------------------------------------------------------------------------

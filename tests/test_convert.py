@@ -24,19 +24,16 @@ from flax import nnx
 
 from videomv_jax.convert.base import (
     ConversionError,
+    LazyTensor,
     Rule,
     abstract_params,
     apply_params,
     conv2d,
     convert_state_dict,
     linear,
+    open_source_checkpoint,
 )
-from videomv_jax.convert.checkpoint import (
-    ConvertedCheckpointError,
-    load_converted,
-    read_converted_config,
-    save_converted,
-)
+from videomv_jax.convert.infer import READERS, infer_config
 from videomv_jax.convert.registry import (
     ModelKind,
     SourceFormat,
@@ -45,12 +42,18 @@ from videomv_jax.convert.registry import (
     get_kind,
     resolve_config,
 )
+from videomv_jax.model_store import (
+    ConvertedCheckpointError,
+    load_converted,
+    read_converted_config,
+    save_converted,
+)
 from videomv_jax.nn import layers as L
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 CLI = REPO / "tools" / "convert_torch_weights.py"
-SPEC = Path("/work/shared/spec/checkpoints")
+SPEC = Path(__file__).parent / "data" / "checkpoints"
 
 
 # ---- toy model, converter and kind -------------------------------------------------------------
@@ -325,7 +328,7 @@ _SHARDED = textwrap.dedent("""
     import numpy as np
     from flax import nnx
     from jax.sharding import NamedSharding
-    from videomv_jax.convert.checkpoint import load_converted
+    from videomv_jax.model_store import load_converted
     from videomv_jax.parallel import make_mesh
     mesh = make_mesh(4, 2, 1)
     model, cfg = load_converted(sys.argv[1], mesh=mesh)
@@ -388,12 +391,62 @@ _FULL = [("vae", "ldm", "ldm_vae", "videomv_jax.models.vae", 248),
 def test_full_size_layouts(kind, fmt, spec, module, n):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} not available")
-    got = check_source(kind, fmt, _placeholders(spec), resolve_config(kind, "full"))
+    full = resolve_config(kind, "full")
+    got = check_source(kind, fmt, _placeholders(spec), full)
     if n is not None:
         assert got == n
+    if (kind, fmt) in READERS:  # the released sizes are read back off the released shapes
+        cfg, how = infer_config(kind, fmt, _placeholders(spec))
+        assert cfg == full and how == "read from the checkpoint's shapes"
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
+
+
+def test_streaming_source_reads_only_used_tensors_in_their_dtype(tmp_path):
+    """open_source_checkpoint: names and shapes without reading; convert_source reads each used
+    tensor once (never the other parts of a combined checkpoint), keeps float16 when asked, and
+    bfloat16 / float16 tensors of .pth and .safetensors files read back bit for bit."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    cfg = ToyConfig()
+    sd = {k: v.astype(np.float16) for k, v in toy_state_dict(cfg).items()}
+    state = {f"model.{k}": torch.from_numpy(v) for k, v in sd.items()}
+    state["ema.conv.weight"] = torch.ones(64, 64, dtype=torch.float16)  # another part
+    torch.save({"state_dict": state}, tmp_path / "toy.pth")
+    src = open_source_checkpoint(tmp_path / "toy.pth")
+    assert isinstance(src["ema.conv.weight"], LazyTensor)
+    assert src["ema.conv.weight"].shape == (64, 64) and src["model.conv.weight"].dtype == "float16"
+    reads = []
+    for key, t in src.items():
+        t._read = (lambda key=key, read=t._read: reads.append(key) or read())
+    out = convert_source(TOY_KIND, "torch", src, cfg, dtype="float16")
+    assert sorted(reads) == sorted(f"model.{k}" for k in sd)  # each used tensor read once
+    rules, ignore = rules_toy(cfg)
+    want = convert_state_dict(sd, rules, abstract_params(
+        nnx.eval_shape(lambda: Toy(cfg, rngs=nnx.Rngs(0)))), ignore)
+    for path, value in want.items():
+        assert out[path].dtype == np.float16
+        np.testing.assert_array_equal(out[path], value.astype(np.float16))
+    # without dtype: the parameter dtype (float32), exactly the float16 values
+    out32 = convert_source(TOY_KIND, "torch", open_source_checkpoint(tmp_path / "toy.pth"), cfg)
+    assert out32[("conv", "kernel")].dtype == np.float32
+    np.testing.assert_array_equal(out32[("conv", "kernel")], want[("conv", "kernel")])
+
+    x = torch.randn(3, 5).to(torch.bfloat16)
+    h = torch.randn(4).to(torch.float16)
+    save_file({"x": x, "h": h}, str(tmp_path / "t.safetensors"))
+    torch.save({"x": x, "h": h}, tmp_path / "t.pth")
+    for name in ("t.safetensors", "t.pth"):
+        lazy = open_source_checkpoint(tmp_path / name)
+        assert lazy["x"].shape == (3, 5) and str(lazy["x"].dtype) == "bfloat16"
+        np.testing.assert_array_equal(np.asarray(lazy["x"]).astype(np.float32), x.float().numpy())
+        np.testing.assert_array_equal(np.asarray(lazy["h"]), h.numpy())
+        lazy["x"].release()  # dropping a mapped tensor's pages keeps it readable
+        np.testing.assert_array_equal(np.asarray(lazy["x"]).astype(np.float32), x.float().numpy())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_source_checkpoint(tmp_path / "nope.pth")
 
 
 def test_cli_help():

@@ -2,7 +2,7 @@
 
 For each source naming a state dict is written to disk in that naming, converted with
 ``tools/convert_torch_weights.py`` (``main(argv)`` run in-process, tiny config, ``--no-progress``),
-loaded with :func:`videomv_jax.convert.checkpoint.load_converted`, and the Flax model's output
+loaded with :func:`videomv_jax.model_store.load_converted`, and the Flax model's output
 is compared with the PyTorch source model's on the same inputs:
 
 * diffusers / transformers namings come straight from the source library (``state_dict()``,
@@ -12,8 +12,8 @@ is compared with the PyTorch source model's on the same inputs:
   helpers of ``tests/test_vae.py`` / ``tests/test_clip.py`` (imported by file path); the VGen one
   maps each parameter's diffusers key to its VGen key through the two rule tables (as
   ``tests/test_unet3d.py`` does) and its key patterns are checked against the released
-  checkpoint's names (``spec/checkpoints/videomv_{t2v,i2v}.json``). VideoMV's camera MLP (absent
-  in diffusers) is a random PyTorch MLP whose output is added to every ResBlock's time
+  checkpoint's names (``tests/data/checkpoints/videomv_{t2v,i2v}.json``). VideoMV's camera MLP
+  (absent in diffusers) is a random PyTorch MLP whose output is added to every ResBlock's time
   embedding by forward pre-hooks, which is VGen's semantics;
 * LGM naming is the ``state_dict()`` of the independent PyTorch LGM of ``tests/test_lgm.py``.
 
@@ -54,9 +54,9 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.torch import save_file  # noqa: E402
 
-from videomv_jax.convert.checkpoint import load_converted, read_converted_config  # noqa: E402
 from videomv_jax.convert.registry import KINDS  # noqa: E402
 from videomv_jax.convert.unet import rules_diffusers, rules_vgen  # noqa: E402
+from videomv_jax.model_store import load_converted, read_converted_config  # noqa: E402
 from videomv_jax.models.clip import (  # noqa: E402
     CLIPTextConfig,
     load_tokenizer,
@@ -70,7 +70,7 @@ torch.set_num_threads(1)
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-SPEC = Path("/work/shared/spec/checkpoints")
+SPEC = Path(__file__).parent / "data" / "checkpoints"
 
 MODEL_ATOL = 1e-4  # whole UNets / VAE / LGM (house bound; observed <= 3.8e-6)
 CLIP_ATOL = 2e-5  # CLIP towers, as tests/test_clip.py (observed <= 2.4e-6)
@@ -103,12 +103,15 @@ cli = _load_file_module("convert_torch_weights", REPO / "tools" / "convert_torch
 _fwd = nnx.jit(lambda m, *args, **kw: m(*args, **kw))  # jitted whole-model calls
 
 
-def _convert(kind: str, src: Path, fmt: str, out: Path, config: str | dict = "tiny",
+def _convert(kind: str, src: Path, fmt: str, out: Path, config: str | dict | None = None,
              *extra: str):
-    """Run the CLI in-process, then load the converted directory: (model, config)."""
-    cfg_arg = config if isinstance(config, str) else json.dumps(config)
-    rc = cli.main([kind, str(src), str(out), "--format", fmt, "--config", cfg_arg,
-                   "--no-progress", *extra])
+    """Run the CLI in-process, then load the converted directory: (model, config). Without
+    ``config`` the CLI reads the sizes off the checkpoint (the tests then check that it found
+    the tiny config the reference model was built with)."""
+    cfg_arg = [] if config is None else ["--config", config if isinstance(config, str)
+                                         else json.dumps(config)]
+    rc = cli.main([kind, str(src), str(out), "--format", fmt, *cfg_arg, "--no-progress",
+                   *extra])
     assert rc == 0, f"convert_torch_weights.py {kind} --format {fmt} exited with {rc}"
     meta = read_converted_config(out)
     assert meta["model"] == kind and meta["source"]["format"] == fmt
@@ -436,8 +439,7 @@ def test_clip_text_and_tokenizer(fmt, work, clip_torch, clip_files, tokenizer_di
     tok_ids = np.asarray(tokenize(tok, prompts))
     np.testing.assert_array_equal(tok_ids, np.asarray(tokenize(load_tokenizer(tokenizer_dir),
                                                                prompts)))
-    assert tok_ids.shape == (2, 77) and tok_ids[0, 0] == tok.convert_tokens_to_ids(
-        "<|startoftext|>")
+    assert tok_ids.shape == (2, 77) and tok_ids[0, 0] == tok.get_vocab()["<|startoftext|>"]
 
     ids = np.concatenate([tc._token_ids(), tok_ids])  # EOT = largest id only in the first 3
     with torch.no_grad():
@@ -481,3 +483,76 @@ def test_lgm(fmt, work, lgm_torch, videomv_pth):
         ref = lgm_torch(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 2)))).numpy()
     _close(_fwd(model, jnp.asarray(x)), ref, MODEL_ATOL)
     assert math.prod(ref.shape) == 2 * cfg.num_gaussians * 14
+
+
+# ---- config inference, half-precision storage, one command per release ---------------------
+
+
+def test_sizes_read_off_the_checkpoint_half_storage_and_short_error(work, capsys):
+    """A VAE of a size no preset has converts without --config (its sizes read off the shapes,
+    printed), stored in float16 (values = the float16 rounding of the source); a checkpoint no
+    config of the kind fits gets one short error line."""
+    import dataclasses
+
+    cfg = dataclasses.replace(VAEConfig.full(), ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                              norm_groups=8)
+    tm = tv.torch_vae(cfg).eval()
+    sd = {k: v.detach().numpy() for k, v in tm.state_dict().items()}
+    ldm = tv.diffusers_to_ldm(sd, len(cfg.ch_mult))
+    src = work / "odd_vae.ckpt"
+    torch.save({"state_dict": {f"first_stage_model.{k}": v
+                               for k, v in _torch_state(ldm).items()}}, src)
+    out = work / "odd_vae"
+    capsys.readouterr()
+    rc = cli.main(["vae", str(src), str(out), "--format", "ldm", "--storage-dtype", "float16",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "read from the checkpoint's shapes" in err and '"ch": 16' in err
+    meta = read_converted_config(out)
+    assert meta["storage_dtype"] == "float16"
+    assert meta["source"]["config_from"] == "read from the checkpoint's shapes"
+    model, got = load_converted(out, kind="vae")
+    assert got == cfg
+    want = ldm["decoder.conv_out.weight"].transpose(2, 3, 1, 0).astype(np.float16)
+    np.testing.assert_array_equal(np.asarray(model.decoder.conv_out.kernel[...]),
+                                  want.astype(np.float32))
+
+    rc = cli.main(["unet-t2v", str(src), str(work / "not_a_unet"), "--format", "vgen",
+                   "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "cannot place this checkpoint as 'unet-t2v'" in err
+    assert "--config" in err and not (work / "not_a_unet").exists()
+
+
+def test_release_command_writes_a_sampleable_directory(work, videomv_pth, vae_torch, clip_files,
+                                                       tokenizer_dir):
+    """``release t2mv`` turns the VideoMV .pth (UNet + lgm_big), an LDM checkpoint and the
+    open_clip file into the directory the pipeline loads, with every size read off the files."""
+    import configs.t2mv
+    from videomv_jax.pipeline import MultiViewPipeline
+
+    sd = {k: v.detach().numpy() for k, v in vae_torch.state_dict().items()}
+    ldm = tv.diffusers_to_ldm(sd, len(VAEConfig.tiny().ch_mult))
+    vae = work / "release_ldm.ckpt"
+    torch.save({"state_dict": {f"first_stage_model.{k}": v
+                               for k, v in _torch_state(ldm).items()}}, vae)
+    out = work / "release_t2mv"
+    rc = cli.main(["release", "t2mv", "--unet", str(videomv_pth), "--vae", str(vae), "--clip",
+                   str(clip_files["open_clip"]), "--tokenizer-dir", str(tokenizer_dir), "--out",
+                   str(out), "--no-progress"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip_text", "lgm", "unet", "vae"]
+    assert (out / "clip_text" / "tokenizer" / "vocab.json").is_file()
+    cfg = configs.t2mv.get_config()
+    cfg.checkpoint_dir = str(out)
+    pipe = MultiViewPipeline.from_checkpoints(out, cfg)
+    assert pipe.models["unet"].config == UNet3DConfig.text_tiny()
+    assert pipe.models["lgm"].config == LGMConfig.tiny()
+    assert pipe.models["vae"].config == VAEConfig.tiny()
+    assert pipe.models["clip_text"].config == CLIPTextConfig.tiny()
+    # a second run refuses to overwrite; a missing input is named
+    assert cli.main(["release", "t2mv", "--unet", str(videomv_pth), "--vae", str(vae), "--clip",
+                     str(clip_files["open_clip"]), "--out", str(out)]) == 2
+    assert cli.main(["release", "t2mv", "--unet", str(work / "nope.pth"), "--vae", str(vae),
+                     "--clip", str(clip_files["open_clip"]), "--out", str(work / "r2")]) == 2

@@ -51,7 +51,7 @@ def tiny_lgm(tmp_path_factory):
     from flax import nnx
 
     from videomv_jax.convert.base import abstract_params, apply_params
-    from videomv_jax.convert.checkpoint import save_converted
+    from videomv_jax.model_store import save_converted
     from videomv_jax.models.lgm import LGM, LGMConfig
 
     cfg = LGMConfig.tiny()

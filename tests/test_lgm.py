@@ -3,7 +3,7 @@
 There is no installable PyTorch LGM, so this file holds a minimal PyTorch re-implementation of
 LGM's UNet written from the spec (videomv.md §6.2, porting-notes §E.3), with modules named like
 LGM's so its ``state_dict()`` has LGM's naming; the big config built on the meta device must
-reproduce ``spec/checkpoints/lgm_big.json`` key for key and shape for shape, which pins the
+reproduce ``tests/data/checkpoints/lgm_big.json`` key for key and shape for shape, which pins the
 structure (block layout, skip widths, shortcut placement) independently of our Flax model.
 """
 
@@ -51,7 +51,7 @@ from videomv_jax.render.gaussians import QUAT_NORM_ACROSS_GAUSSIANS, QUAT_NORM_P
 
 torch.set_num_threads(1)
 
-SPEC_DIR = "/work/shared/spec/checkpoints"
+SPEC_DIR = os.path.join(os.path.dirname(__file__), "data", "checkpoints")
 LGM_JSON = os.path.join(SPEC_DIR, "lgm_big.json")
 T2V_JSON = os.path.join(SPEC_DIR, "videomv_t2v.json")
 BIG_PARAMS = 415_042_848

@@ -24,6 +24,7 @@ from flax import nnx
 from videomv_jax.convert.base import ConversionError, abstract_params, convert_state_dict
 from videomv_jax.convert.lpips import (
     convert,
+    load_lpips,
     read_lpips_state_dict,
     rules_lpips,
     torchvision_conv_indices,
@@ -33,7 +34,6 @@ from videomv_jax.models.lpips import (
     UNAVAILABLE_MESSAGE,
     LPIPSConfig,
     VGG16Features,
-    load_lpips,
     lpips_from_params,
     lpips_unavailable_reason,
     resize_for_lpips,

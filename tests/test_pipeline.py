@@ -18,8 +18,8 @@ from flax import nnx
 from PIL import Image
 
 from videomv_jax.convert.base import abstract_params, apply_params
-from videomv_jax.convert.checkpoint import save_converted
 from videomv_jax.convert.registry import get_kind
+from videomv_jax.model_store import save_converted
 from videomv_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
 from videomv_jax.models.lgm import LGMConfig
 from videomv_jax.models.unet3d import UNet3DConfig

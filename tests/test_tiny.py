@@ -72,7 +72,7 @@ def test_manifest_hash_is_pinned_and_files_verify():
 
 
 def test_weights_load_with_the_converted_checkpoint_code():
-    from videomv_jax.convert.checkpoint import load_converted, read_converted_config
+    from videomv_jax.model_store import load_converted, read_converted_config
 
     root = tiny.weights_dir()
     for name, kind in KINDS.items():

@@ -387,8 +387,8 @@ def test_sharded_step_equals_single_device_step(tokenizer, tmp_path):
 def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
     import importlib.util
 
-    from videomv_jax.convert.checkpoint import load_converted
     from videomv_jax.data.builders import build_dataset
+    from videomv_jax.model_store import load_converted
 
     data = build_dataset("shapes", tmp_path / "data", num_objects=4, resolution=16)
     spec = importlib.util.spec_from_file_location("train_cli", os.path.join(ROOT, "train.py"))
@@ -405,7 +405,7 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
     assert "steps 0→2" in out and "exported" in out
     vae, cfg = load_converted(tmp_path / "export" / "vae", kind="vae")
     assert cfg.ch == 8
-    from videomv_jax.convert.checkpoint import read_converted_config
+    from videomv_jax.model_store import read_converted_config
     from videomv_jax.pipeline import MultiViewPipeline
     source = read_converted_config(tmp_path / "export" / "vae")["source"]
     assert source["trained_by"] == "videomv_jax train.py" and source["step"] == 2
@@ -554,7 +554,7 @@ def test_init_from_copies_matching_params_and_extends_input_channels(tmp_path):
     with the same path and shape is copied, the first conv keeps the text UNet's weights for
     the noisy-latent channels and zeros for the new image channels, the image-conditioning
     layers stay as initialised."""
-    from videomv_jax.convert.checkpoint import save_converted
+    from videomv_jax.model_store import save_converted
     from videomv_jax.models.unet3d import UNet3D
     from videomv_jax.train.run import init_partial
 
@@ -594,7 +594,7 @@ def test_deepen_text_encoder_keeps_the_output_and_trains_the_new_blocks(tmp_path
     tokens bit for bit, the blocks the old tower ran keep their weights, the newly active ones
     start with zero output projections and get a gradient in the first step; the CLI writes a
     loadable directory with the tokenizer and refuses a shallower target."""
-    from videomv_jax.convert.checkpoint import load_converted, save_converted
+    from videomv_jax.model_store import load_converted, save_converted
     from videomv_jax.train.grow import deepen_text_encoder
 
     cfg = CLIPTextConfig.tiny(layers=2, context_length=16)

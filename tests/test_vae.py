@@ -5,6 +5,7 @@ our rules), posterior sampling, frame chunking, full-size parameter count and ch
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import jax
@@ -34,7 +35,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 torch.set_num_threads(1)
 
-SPEC = "/work/shared/spec/checkpoints/ldm_vae.json"
+SPEC = os.path.join(os.path.dirname(__file__), "data", "checkpoints", "ldm_vae.json")
 # Whole-model tolerance: float32 through ~20 convs / GroupNorms / softmax on CPU, outputs O(1-10);
 # the house bound for whole models is 1e-4 absolute. Modules: 1e-5 (a few fp32 reductions).
 ATOL_MODEL = 1e-4

@@ -1,30 +1,39 @@
 #!/usr/bin/env python
-"""Convert a released PyTorch / safetensors checkpoint into a converted-model directory.
+"""Convert released PyTorch / safetensors checkpoints into converted-model directories.
+
+One command per release (the directory ``sample.py MODE --checkpoint-dir OUT`` reads)::
+
+    python tools/convert_torch_weights.py release t2mv --unet t2v_00333000.pth \\
+        --vae v2-1_512-ema-pruned.ckpt --clip open_clip_pytorch_model.bin --out ckpt/t2mv
+    python tools/convert_torch_weights.py release i2mv --unet i2v_00882000.pth \\
+        --vae v2-1_512-ema-pruned.ckpt --clip open_clip_pytorch_model.bin --out ckpt/i2mv
+
+writes ``unet/ lgm/ vae/ clip_text/ (+ tokenizer/)`` (and ``clip_vision/`` for i2mv), with the
+LGM taken from the VideoMV file's ``lgm_big.*`` keys (or ``--lgm model.safetensors``) and the
+shipped OpenCLIP tokenizer, then verifies that every part loads and that the parts fit.
+
+One model::
 
     python tools/convert_torch_weights.py KIND SOURCE_CKPT OUT_DIR --format FORMAT \\
-        [--config PRESET|JSON] [--tokenizer-dir DIR] [--overwrite] [--dry-run]
+        [--config PRESET|JSON] [--storage-dtype float16] [--tokenizer-dir DIR] [--overwrite]
+        [--dry-run]
 
-The output directory (``config.json`` + orbax ``params/`` + optional ``tokenizer/``) is loaded
-with ``videomv_jax.convert.checkpoint.load_converted(OUT_DIR, mesh=...)``, which restores the
-weights directly into (sharded) device arrays.
+The model's sizes are read off the checkpoint's tensor shapes and printed; ``--config`` only
+overrides them. Load the result with ``videomv_jax.model_store.load_converted(OUT_DIR,
+mesh=...)``, which restores the weights directly into (sharded) device arrays.
 
-Checks: the conversion table of KIND/FORMAT is generated from the model config and applied
-against the abstract model (no weights allocated); every model parameter must be filled exactly
-once, every checkpoint key used or deliberately ignored and every shape must match. Otherwise the
-full list of missing / unexpected / mis-shaped / duplicated keys is printed and the exit code is
-2 (also for an unreadable checkpoint or bad arguments); nothing is written in that case.
+Checks: the conversion table of KIND/FORMAT is generated from the config and applied against
+the abstract model (no weights allocated); every model parameter must be filled exactly once,
+every checkpoint key used or deliberately ignored, every shape must match. Otherwise the full
+list of missing / unexpected / mis-shaped / duplicated keys is printed and the exit code is 2
+(also for an unreadable checkpoint, a checkpoint no config fits, or bad arguments); nothing is
+written in that case.
 
-Host memory: the peak stays near one copy of the weights (plus one tensor):
-
-1. the source is read once into a dict of numpy arrays (``.pth``/``.bin``/``.ckpt`` via torch,
-   ``.safetensors`` without torch); keys outside the model (other prefixes, ignored keys) are
-   dropped before converting;
-2. the layout check runs on zero-strided placeholders of the source shapes (no memory);
-3. tensors are converted one at a time (transpose to the Flax layout, cast to the parameter
-   dtype, moved into a host-CPU jax array), and each source entry is deleted from the dict as
-   soon as its last rule used it, so the source shrinks as the converted dict grows;
-4. orbax writes the converted CPU jax arrays (for jax arrays it stages only a bounded amount
-   of data; numpy leaves would be copied as a whole first). No model is instantiated.
+Host memory: ``.pth`` files are memory-mapped (``torch.load(mmap=True, weights_only=True)``)
+and ``.safetensors`` read tensor by tensor, so only the tensors the model uses are ever read,
+one at a time, each converted straight into the parameter dtype (``--storage-dtype float16``
+keeps a half-precision release in half precision) and then released. The peak is about the
+written parameters (benchmarks/conversion_memory.py measures it).
 
 Exit codes: 0 done, 2 conversion / input error.
 """
@@ -32,9 +41,7 @@ Exit codes: 0 done, 2 conversion / input error.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convert_torch_weights.py",
         description="Convert PyTorch/safetensors weights into a videomv_jax converted-model "
-                    "directory (config.json + orbax params/).",
+                    "directory (config.json + orbax params/). For a whole release: "
+                    "convert_torch_weights.py release --help.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="model kinds, presets and source formats:\n" + describe_kinds() + "\n\n"
                "KIND may also be 'package.module:ATTR' naming a videomv_jax.convert.registry."
@@ -52,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
                "  convert_torch_weights.py unet-t2v t2v_00333000.pth out/unet-t2v --format vgen\n"
                "  convert_torch_weights.py vae v2-1_512-ema-pruned.ckpt out/vae --format ldm\n"
                "  convert_torch_weights.py clip-text open_clip_pytorch_model.bin out/clip-text "
-               "--format open_clip --tokenizer-dir tokenizer/\n\n"
+               "--format open_clip\n\n"
                "exit codes: 0 converted (or --dry-run passed), 2 the checkpoint does not fit "
                "the model, cannot be read, or bad arguments.",
     )
@@ -66,18 +74,50 @@ def _parser() -> argparse.ArgumentParser:
                    help="source naming scheme, e.g. vgen, diffusers, ldm, open_clip, hf "
                         "(per kind, see below)")
     p.add_argument("--config", default=None, metavar="PRESET|JSON",
-                   help="model config: a preset name (default: the kind's default preset, "
-                        "the full-size model), a JSON file, or inline JSON '{...}' with the "
-                        "config's to_dict() fields (a converted directory's config.json also "
-                        "works)")
+                   help="override the config read off the checkpoint's shapes: a preset name, "
+                        "a JSON file, or inline JSON '{...}' with the config's to_dict() "
+                        "fields (a converted directory's config.json also works)")
+    _common(p)
     p.add_argument("--tokenizer-dir", default=None, metavar="DIR",
-                   help="copy this directory into OUT_DIR/tokenizer (e.g. the text tokenizer "
-                        "files)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty OUT_DIR")
+                   help="copy this directory into OUT_DIR/tokenizer (default for clip-text "
+                        "with OpenCLIP's vocabulary: the shipped OpenCLIP tokenizer)")
     p.add_argument("--dry-run", action="store_true",
                    help="read and check the checkpoint against the model, write nothing")
+    return p
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-dtype", default=None, choices=("float16", "bfloat16", "float32"),
+                   help="convert and store the floating-point parameters in this dtype (e.g. "
+                        "keep a float16 release in float16; loading casts to the model dtype)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def _release_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convert_torch_weights.py release",
+        description="Convert a VideoMV release into the directory that sample.py MODE "
+                    "--checkpoint-dir reads (unet/ lgm/ vae/ clip_text/ with the OpenCLIP "
+                    "tokenizer, and clip_vision/ for i2mv), and verify that it loads.")
+    p.add_argument("mode", choices=("t2mv", "i2mv"), help="text- or image-to-multi-view")
+    p.add_argument("--unet", required=True, metavar="PTH",
+                   help="the VideoMV UNet checkpoint (t2mv: text, i2mv: image; VGen names, "
+                        "with the lgm_big.* keys)")
+    p.add_argument("--vae", required=True, metavar="CKPT",
+                   help="the KL-f8 autoencoder: an LDM / Stable Diffusion checkpoint "
+                        "(first_stage_model.* keys) or a bare autoencoder state dict")
+    p.add_argument("--vae-format", default="ldm", choices=("ldm", "diffusers"))
+    p.add_argument("--clip", required=True, metavar="BIN",
+                   help="OpenCLIP ViT-H-14 (open_clip_pytorch_model.bin, or a transformers "
+                        "CLIPModel state dict)")
+    p.add_argument("--lgm", default=None, metavar="SAFETENSORS",
+                   help="LGM's own model.safetensors (default: the lgm_big.* keys of --unet)")
+    p.add_argument("--tokenizer-dir", default=None, metavar="DIR",
+                   help="vocab.json + merges.txt for clip_text/tokenizer (default: the shipped "
+                        "OpenCLIP tokenizer)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the checkpoint directory")
+    _common(p)
     return p
 
 
@@ -86,70 +126,36 @@ def _err(msg: str) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-
-    import jax
-
-    from videomv_jax.convert.base import ConversionError, load_source_checkpoint
-    from videomv_jax.convert.checkpoint import save_converted
-    from videomv_jax.convert.registry import (
-        check_source,
-        convert_source,
-        get_kind,
-        resolve_config,
-    )
+def _run(fn, *args, **kwargs) -> int:
+    from videomv_jax.convert.base import ConversionError
 
     try:
-        kind = get_kind(args.kind)
-        kind.format(args.fmt)
-        config = resolve_config(kind, args.config)
-    except (ValueError, ImportError) as err:
-        return _err(str(err))
-    if args.tokenizer_dir is not None and not os.path.isdir(args.tokenizer_dir):
-        return _err(f"--tokenizer-dir {args.tokenizer_dir!r} is not a directory")
-    out = args.out_dir
-    if (not args.dry_run and os.path.exists(out) and not args.overwrite
-            and (not os.path.isdir(out) or os.listdir(out))):
-        return _err(f"{out!r} exists and is not empty (use --overwrite)")
-
-    t0 = time.time()
-    print(f"reading {args.source} ...", file=sys.stderr)
-    try:
-        source = load_source_checkpoint(args.source)
-    except (FileNotFoundError, ImportError) as err:
-        return _err(str(err))
-    except Exception as err:  # torch/safetensors/zip/pickle errors on a damaged file
-        return _err(f"cannot read checkpoint {args.source!r} (damaged or not a state dict): "
-                    f"{type(err).__name__}: {err}")
-    source_info = {
-        "path": os.path.abspath(args.source),
-        "file": os.path.basename(args.source),
-        "bytes": os.path.getsize(args.source),
-        "format": args.fmt,
-        "num_tensors": len(source),
-    }
-    try:
-        if args.dry_run:
-            n = check_source(kind, args.fmt, source, config)
-            print(f"ok: {args.source} fits {kind.name} ({n} tensors); nothing written "
-                  f"(--dry-run)", file=sys.stderr)
-            return 0
-        converted = convert_source(kind, args.fmt, source, config, progress=not args.no_progress,
-                                   device=jax.devices("cpu")[0])
+        fn(*args, **kwargs)
     except ConversionError as err:
         print(str(err), file=sys.stderr)
         return 2
-    except ImportError as err:
-        return _err(f"the model code for {kind.name!r} cannot be imported: {err}")
-    del source
-    n_params = sum(int(v.size) for v in converted.values())
-    extra = [(args.tokenizer_dir, "tokenizer")] if args.tokenizer_dir else []
-    path = save_converted(out, args.kind, config, converted, source_info, extra,
-                          overwrite=args.overwrite, check=False)
-    print(f"wrote {path} ({kind.name}, {len(converted)} tensors, {n_params:,} parameters) in "
-          f"{time.time() - t0:.1f}s", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+        return _err(str(err))
+    except Exception as err:  # torch/zip/pickle errors on a damaged file
+        return _err(f"cannot read checkpoint (damaged or not a state dict): "
+                    f"{type(err).__name__}: {err}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from videomv_jax.convert import run
+
+    if argv and argv[0] == "release":
+        a = _release_parser().parse_args(argv[1:])
+        return _run(run.convert_release, a.mode, a.unet, a.vae, a.clip, a.out, lgm=a.lgm,
+                    vae_format=a.vae_format, tokenizer_dir=a.tokenizer_dir,
+                    storage_dtype=a.storage_dtype,
+                    overwrite=a.overwrite, progress=not a.no_progress)
+    a = _parser().parse_args(argv)
+    return _run(run.convert_file, a.kind, a.fmt, a.source, a.out_dir, config=a.config,
+                storage_dtype=a.storage_dtype, tokenizer_dir=a.tokenizer_dir,
+                overwrite=a.overwrite, dry_run=a.dry_run, progress=not a.no_progress)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
 
-    from videomv_jax.convert.checkpoint import load_converted, save_converted
+    from videomv_jax.model_store import load_converted, save_converted
     from videomv_jax.models.clip import CLIPTextModel
     from videomv_jax.train.grow import deepen_text_encoder
 

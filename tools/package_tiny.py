@@ -88,13 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                 "(ideally the image UNet's training run's models.text.checkpoint)")
 
     from videomv_jax import tiny
-    from videomv_jax.convert.checkpoint import (
+    from videomv_jax.data import images as image_io
+    from videomv_jax.data.builders import ShapesConfig, load_source, shapes_example
+    from videomv_jax.model_store import (
         load_converted,
         read_converted_config,
         save_converted,
     )
-    from videomv_jax.data import images as image_io
-    from videomv_jax.data.builders import ShapesConfig, load_source, shapes_example
 
     # the world of the example inputs and of eval.py; checked before the output folder is wiped
     try:

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from videomv_jax.convert.checkpoint import load_converted, read_converted_config
 from videomv_jax.diffusion.sampler import (
     SamplerConfig,
     image_conditions,
@@ -38,6 +37,7 @@ from videomv_jax.diffusion.sampler import (
     sampler_geometry,
     text_conditions,
 )
+from videomv_jax.model_store import load_converted, read_converted_config
 from videomv_jax.models.clip import PromptTruncatedWarning, load_tokenizer, preprocess, tokenize
 from videomv_jax.render.camera import orbit_cameras
 from videomv_jax.render.gaussians import Gaussians
@@ -248,10 +248,16 @@ class MultiViewPipeline:
                 raise PipelineError(f"could not load {name!r} from {sub!r}: {err}") from err
         tok_dir = os.path.join(root, _cfg_get(config.subdirs, "clip_text", "clip_text"),
                                "tokenizer")
+        if not os.path.isdir(tok_dir) and models["clip_text"].config.vocab_size == 49408:
+            tok_dir = "openclip"  # OpenCLIP's vocabulary: the tokenizer shipped with the package
         try:
             tokenizer = load_tokenizer(tok_dir)
         except (FileNotFoundError, OSError, ValueError) as err:
             raise PipelineError(f"no CLIP tokenizer in {tok_dir!r}: {err}") from err
+        try:  # ids past the text encoder's embedding would give NaN features
+            tokenizer.check_fits(models["clip_text"].config.vocab_size)
+        except ValueError as err:
+            raise PipelineError(str(err)) from err
         return cls(models, tokenizer, config, sources, os.path.abspath(root))
 
     def _check_consistency(self) -> None:

@@ -1,7 +1,7 @@
 """videomv-tiny: the small default model that ships inside the package.
 
 The weights live in ``videomv_jax/weights/videomv_tiny/`` as ordinary converted-model
-directories (the layout :func:`videomv_jax.convert.checkpoint.load_converted` reads, parameters
+directories (the layout :func:`videomv_jax.model_store.load_converted` reads, parameters
 stored as float16 and cast back to float32 on load), trained by ``train.py`` on the procedural
 ``shapes`` world (see ``docs/videomv-tiny.md``). ``manifest.json`` beside them lists every file
 with its SHA-256, the sampling settings of each mode and the caption vocabulary;

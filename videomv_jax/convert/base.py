@@ -202,5 +202,156 @@ def load_source_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
             for k, v in obj.items() if hasattr(v, "detach")}
 
 
+# ---- streaming (lazy) source checkpoints -------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+                       "U8": "uint8", "BOOL": "bool"}
+
+
+def _np_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+class LazyTensor:
+    """One tensor of a source checkpoint, read only when converted (``np.asarray(t)``) in its
+    stored dtype; ``shape`` and ``dtype`` are known without reading. :meth:`release` gives
+    the memory it occupied back (for memory-mapped ``.pth`` tensors: drops its pages from this
+    process)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, read: Callable[[], np.ndarray],
+                 release: Callable[[], None] | None = None):
+        self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        self._read, self._release = read, release
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        value = self._read()
+        return value if dtype is None else value.astype(dtype)
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+
+    def __repr__(self) -> str:
+        return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
+
+
+def _safetensors_lazy(path: str) -> dict[str, LazyTensor]:
+    """Header-only read of a ``.safetensors`` file; each tensor is read with one ``pread``."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    base = 8 + n
+    out: dict[str, LazyTensor] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path!r}: tensor {key!r} has unsupported dtype {info['dtype']}")
+        dtype = _np_dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+
+        def read(start=start, end=end, dtype=dtype, shape=shape) -> np.ndarray:
+            buf = bytearray(end - start)
+            with open(path, "rb", buffering=0) as fh:
+                fh.seek(base + start)
+                got = fh.readinto(buf)
+            if got != end - start:
+                raise ValueError(f"{path!r} is truncated")
+            return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+        out[key] = LazyTensor(shape, dtype, read)
+    return out
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _drop_pages(address: int, nbytes: int) -> None:
+    """``madvise(MADV_DONTNEED)`` on a read-only file mapping: its pages leave this process's
+    resident set (they are re-read from the file if touched again). Best effort."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        start = address - address % _PAGE
+        length = address + nbytes - start
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(length), 4)  # MADV_DONTNEED
+    except (OSError, AttributeError):  # pragma: no cover - non-Linux
+        pass
+
+
+def _torch_lazy(path: str) -> dict[str, LazyTensor]:
+    """``torch.load(mmap=True, weights_only=True)``: tensors stay in the file until converted;
+    a legacy (non-zip) ``.pth`` is read whole instead."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        mapped = True
+    except RuntimeError:  # legacy serialisation cannot be memory-mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        mapped = False
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"],
+                                                                       Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path!r} does not hold a state dict (got {type(obj).__name__})")
+    out: dict[str, LazyTensor] = {}
+    for key, t in obj.items():
+        if not hasattr(t, "detach"):
+            continue
+        name = str(t.dtype).removeprefix("torch.")
+        dtype = _np_dtype(name)
+
+        def read(t=t, name=name, dtype=dtype) -> np.ndarray:
+            t = t.detach()
+            if name == "bfloat16":
+                return t.view(torch.int16).numpy().view(dtype)
+            return t.numpy()
+
+        def release(t=t) -> None:
+            if mapped and t.numel():
+                _drop_pages(t.data_ptr(), t.numel() * t.element_size())
+
+        out[key] = LazyTensor(tuple(t.shape), dtype, read, release)
+    return out
+
+
+def open_source_checkpoint(path: str | os.PathLike) -> dict[str, LazyTensor]:
+    """A PyTorch ``.pth``/``.bin``/``.ckpt`` or ``.safetensors`` state dict as
+    {key: :class:`LazyTensor`} without reading any tensor: names, shapes and dtypes come from
+    the file's index; a tensor is read (in its stored dtype) when converted, and keys no rule
+    uses are never read. ``.pth`` files are memory-mapped (``torch.load(mmap=True,
+    weights_only=True)``), ``.safetensors`` read tensor by tensor (no torch needed)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if path.endswith(".safetensors"):
+        return _safetensors_lazy(path)
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"reading {path!r} needs PyTorch: pip install 'videomv-jax[torch]'"
+                          ) from err
+    return _torch_lazy(path)
+
+
 def match_any(key: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)

@@ -31,7 +31,7 @@ from videomv_jax.convert.base import (
     convert_state_dict,
     load_source_checkpoint,
 )
-from videomv_jax.models.lpips import LPIPS, LPIPSConfig
+from videomv_jax.models.lpips import LPIPS, LPIPSConfig, lpips_from_params
 
 #: Keys of a full torchvision VGG16 checkpoint that LPIPS does not use.
 VGG16_IGNORE = ("classifier.*",)
@@ -91,3 +91,15 @@ def convert(state: Mapping[str, np.ndarray], config: LPIPSConfig) -> dict[Path, 
     rules, ignore = rules_lpips(config)
     target = abstract_params(nnx.eval_shape(lambda: LPIPS(config, rngs=nnx.Rngs(0))))
     return convert_state_dict(state, rules, target, ignore, model_name="LPIPS-VGG")
+
+
+def load_lpips(vgg16_path: str | os.PathLike, lpips_path: str | os.PathLike,
+               config: LPIPSConfig | None = None) -> LPIPS:
+    """Build :class:`LPIPS` (default :meth:`LPIPSConfig.vgg`) from torchvision's VGG16
+    checkpoint (``features.*``; ``classifier.*`` ignored) and the lpips ``vgg.pth`` heads.
+
+    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an unreadable one and
+    :class:`~videomv_jax.convert.base.ConversionError` when the keys / shapes do not fit."""
+    config = LPIPSConfig.vgg() if config is None else config
+    params = convert(read_lpips_state_dict(vgg16_path, lpips_path), config)
+    return lpips_from_params(params, config)

@@ -356,6 +356,12 @@ def _source_keys(source: Mapping[str, Any], sf: SourceFormat,
     return {(k if rules_prefixed else k[len(p):]): k for k in source if k.startswith(p)}
 
 
+def _shape(value: Any) -> tuple[int, ...]:
+    """Shape without reading a lazy tensor (``np.shape`` would materialise it)."""
+    shape = getattr(value, "shape", None)
+    return tuple(shape) if shape is not None else np.shape(value)
+
+
 @dataclasses.dataclass
 class _Plan:
     rules: list[Rule]
@@ -376,7 +382,7 @@ def _plan(k: ModelKind, fmt: str, source: MutableMapping[str, Any], config: Any,
     name = f"{k.name} ({fmt} checkpoint)"
 
     zero = np.zeros((), np.float32)
-    placeholders = {rk: np.broadcast_to(zero, np.shape(source[sk])) for rk, sk in keymap.items()}
+    placeholders = {rk: np.broadcast_to(zero, _shape(source[sk])) for rk, sk in keymap.items()}
     check_target = {p: jax.ShapeDtypeStruct(tuple(v.shape), np.float32)
                     for p, v in target.items()}
     try:
@@ -421,6 +427,7 @@ def convert_source(
     consume: bool = True,
     progress: bool = False,
     device: jax.Device | None = None,
+    dtype: Any = None,
 ) -> dict[Path, Any]:
     """Convert a source state dict (numpy arrays) for ``kind`` in format ``fmt``.
 
@@ -439,10 +446,15 @@ def convert_source(
        other references to the source arrays for them to be freed). ``consume=False`` leaves
        the caller's dict untouched.
 
+    ``source`` values may be :class:`~videomv_jax.convert.base.LazyTensor` (from
+    :func:`~videomv_jax.convert.base.open_source_checkpoint`): each is read only when its rule
+    runs, and released after its last use. ``dtype`` (e.g. ``"float16"``) overrides the
+    parameter dtype of the floating-point outputs (keep a half-precision release in half
+    precision: save with ``storage_dtype`` of the same name).
     ``target`` ({path: shape/dtype}) defaults to the abstract model of ``config``.
     Returns {parameter path: numpy array}, or jax arrays on ``device`` when given (each tensor
     is moved as soon as it is converted). Pass ``jax.devices("cpu")[0]`` before
-    :func:`~videomv_jax.convert.checkpoint.save_converted`: orbax writes jax arrays without
+    :func:`~videomv_jax.model_store.save_converted`: orbax writes jax arrays without
     staging a second host copy of the whole tree, which it does for numpy leaves.
     """
     k = get_kind(kind)
@@ -451,6 +463,7 @@ def convert_source(
     plan = _plan(k, fmt, source, config, target)
     rules, keymap, target = plan.rules, plan.keymap, plan.target
     uses = Counter(r.source for r in rules)
+    out_dtype = None if dtype is None else np.dtype(jax.numpy.dtype(dtype))
     if consume:
         needed = {keymap[r] for r in uses}
         for sk in [sk for sk in source if sk not in needed]:
@@ -464,13 +477,20 @@ def convert_source(
     for rule in it:
         sk = keymap[rule.source]
         value = rule.transform(np.asarray(source[sk]))
-        dtype = np.dtype(target[rule.target].dtype)
-        value = np.ascontiguousarray(value.astype(dtype, copy=False))
+        want = np.dtype(target[rule.target].dtype)
+        if out_dtype is not None and np.issubdtype(want, np.floating):
+            want = out_dtype
+        # a fresh C-contiguous array: never a view into the (memory-mapped) source
+        value = np.array(value, dtype=want, order="C", copy=True)
         out[rule.target] = value if device is None else jax.device_put(value, device)
         del value
         uses[rule.source] -= 1
-        if consume and uses[rule.source] == 0:
-            del source[sk]
+        if uses[rule.source] == 0:
+            release = getattr(source[sk], "release", None)
+            if release is not None:
+                release()
+            if consume:
+                del source[sk]
     return out
 
 

@@ -18,12 +18,6 @@ attention input projection is fused q|k|v in that order, like ``nn.MultiheadAtte
 from __future__ import annotations
 
 import dataclasses
-import html
-import json
-import os
-import re
-import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -31,13 +25,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from videomv_jax.models.clip_tokenizer import (  # noqa: F401  (re-exported)
+    EOT_TOKEN,
+    SOT_TOKEN,
+    CLIPTokenizer,
+    PromptTruncatedWarning,
+    load_tokenizer,
+    openclip_tokenizer,
+    tokenize,
+)
 from videomv_jax.nn.attention import IMPLEMENTATIONS, dot_product_attention
 from videomv_jax.nn.layers import Conv, Embed, LayerNorm, Linear, gelu
 
 __all__ = [
     "CLIPTextConfig", "CLIPVisionConfig", "CLIPTextModel", "CLIPVisionModel",
     "ResidualAttentionBlock", "Transformer", "load_tokenizer", "tokenize",
-    "PromptTruncatedWarning", "preprocess", "resize_weights", "CLIP_MEAN", "CLIP_STD",
+    "PromptTruncatedWarning", "CLIPTokenizer", "openclip_tokenizer", "preprocess",
+    "resize_weights", "CLIP_MEAN", "CLIP_STD",
 ]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -255,6 +259,19 @@ class Transformer(nnx.Module):
         return x
 
 
+def _check_token_ids(token_ids: Any, vocab_size: int) -> None:
+    """Out-of-range ids would read past the embedding (NaN/garbage features): refuse them.
+    Only concrete ids can be checked (not tracers inside ``jax.jit``); the pipeline and
+    :func:`tokenize` with ``vocab_size`` check the tokenizer against the model up front."""
+    if isinstance(token_ids, jax.core.Tracer):
+        return
+    ids = np.asarray(token_ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}) (the text encoder's "
+                         f"vocab_size), got ids from {int(ids.min())} to {int(ids.max())}: the "
+                         f"tokenizer does not match this model (OpenCLIP's ends at 49407)")
+
+
 # ---- text tower -------------------------------------------------------------------------------
 
 
@@ -287,6 +304,7 @@ class CLIPTextModel(nnx.Module):
         if token_ids.ndim != 2 or length > cfg.context_length:
             raise ValueError(f"token_ids must be [B, L<={cfg.context_length}], got shape "
                              f"{token_ids.shape}")
+        _check_token_ids(token_ids, cfg.vocab_size)
         dtype = DTYPES[cfg.dtype]
         x = self.token_embedding(token_ids) + self.positional_embedding[:length].astype(dtype)
         causal = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
@@ -482,71 +500,5 @@ def preprocess(images, *, crop_size: int = 256, size: int = 224, antialias: bool
                      for im in batch])
 
 
-# ---- tokenizer --------------------------------------------------------------------------------
-
-
-class PromptTruncatedWarning(UserWarning):
-    """A prompt had more than ``context_length - 2`` BPE tokens and was cut."""
-
-
-SOT_TOKEN, EOT_TOKEN = "<|startoftext|>", "<|endoftext|>"
-
-
-def load_tokenizer(directory: str | os.PathLike):
-    """CLIP BPE tokenizer (transformers ``CLIPTokenizerFast``) from ``vocab.json`` +
-    ``merges.txt`` (or ``tokenizer.json``) in a converted-model directory."""
-    from transformers import CLIPTokenizerFast
-
-    directory = os.fspath(directory)
-    have = [f for f in ("vocab.json", "merges.txt", "tokenizer.json")
-            if os.path.isfile(os.path.join(directory, f))]
-    if not ({"vocab.json", "merges.txt"} <= set(have) or "tokenizer.json" in have):
-        raise FileNotFoundError(f"{directory!r} holds no CLIP tokenizer: need vocab.json and "
-                                f"merges.txt (or tokenizer.json), found {have}")
-    tok = CLIPTokenizerFast.from_pretrained(directory, local_files_only=True)
-    vocab = tok.get_vocab()
-    for special in (SOT_TOKEN, EOT_TOKEN):
-        if special not in vocab:
-            raise ValueError(f"tokenizer in {directory!r} has no {special} token")
-    return tok
-
-
-def _clean(text: str) -> str:
-    # open_clip: ftfy.fix_text (not applied here: only repairs mojibake), html.unescape twice,
-    # whitespace collapsed, stripped; lower-casing happens in the tokenizer's normaliser.
-    text = html.unescape(html.unescape(text)).strip()
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def tokenize(tokenizer, prompts: str | Sequence[str], context_length: int = 77,
-             return_truncated: bool = False):
-    """``open_clip.tokenize``: [SOT, BPE ids…, EOT, 0, 0, …] as int32 [B, context_length].
-
-    A prompt with more than ``context_length - 2`` BPE tokens is truncated to
-    ``context_length`` ids and its last id forced to EOT (what open_clip does silently); here
-    each such prompt also raises a :class:`PromptTruncatedWarning` naming it. With
-    ``return_truncated`` the per-prompt truncation flags are returned as well.
-    """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    vocab = tokenizer.get_vocab()
-    sot, eot = vocab[SOT_TOKEN], vocab[EOT_TOKEN]
-    out = np.zeros((len(prompts), context_length), np.int32)
-    truncated = []
-    for row, prompt in enumerate(prompts):
-        ids = [sot, *tokenizer(_clean(prompt), add_special_tokens=False)["input_ids"], eot]
-        cut = len(ids) > context_length
-        if cut:
-            dropped = tokenizer.decode(ids[context_length - 1:-1])
-            shown = json.dumps(prompt)
-            shown = shown if len(shown) <= 300 else shown[:297] + "..."
-            warnings.warn(
-                f"prompt {row} has {len(ids) - 2} BPE tokens, more than the "
-                f"{context_length - 2} that fit; truncated like open_clip (last id forced to "
-                f"EOT), dropping {json.dumps(dropped)}: {shown}", PromptTruncatedWarning,
-                stacklevel=2)
-            ids = ids[:context_length]
-            ids[-1] = eot
-        out[row, :len(ids)] = ids
-        truncated.append(cut)
-    return (out, truncated) if return_truncated else out
+# ---- tokenizer ----------------------------------------------------------------------------------
+# (in videomv_jax.models.clip_tokenizer; re-exported here)

@@ -14,7 +14,7 @@ LPIPS metric of the evaluation (evaluation.md). Computation, for two NHWC images
 Weights are not trainable here in any meaningful sense: they come from torchvision's ImageNet
 VGG16 (``vgg16-397923af.pth``; ``features.*`` keys) and the ``lpips`` package's linear heads
 (``lpips/weights/v0.1/vgg.pth``), converted by :mod:`videomv_jax.convert.lpips` through
-:func:`load_lpips`. Keep this module out of the optimiser's parameter set.
+:func:`videomv_jax.convert.lpips.load_lpips`. Keep this module out of the optimiser's parameter set.
 
 Without weight files there is no LPIPS: :func:`lpips_unavailable_reason` returns the message
 callers print (``"LPIPS unavailable: supply --lpips-vgg16 and --lpips-weights"`` plus the
@@ -319,20 +319,6 @@ def lpips_unavailable_reason(vgg16_path: str | os.PathLike | None,
         return None
     return (f"{UNAVAILABLE_MESSAGE} ({'; '.join(problems)}; torchvision's vgg16-397923af.pth "
             f"and lpips' weights/v0.1/vgg.pth)")
-
-
-def load_lpips(vgg16_path: str | os.PathLike, lpips_path: str | os.PathLike,
-               config: LPIPSConfig | None = None) -> LPIPS:
-    """Build :class:`LPIPS` (default :meth:`LPIPSConfig.vgg`) from torchvision's VGG16
-    checkpoint (``features.*``; ``classifier.*`` ignored) and the lpips ``vgg.pth`` heads.
-
-    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an unreadable one and
-    :class:`~videomv_jax.convert.base.ConversionError` when the keys / shapes do not fit."""
-    from videomv_jax.convert.lpips import convert, read_lpips_state_dict  # avoid an import cycle
-
-    config = LPIPSConfig.vgg() if config is None else config
-    params = convert(read_lpips_state_dict(vgg16_path, lpips_path), config)
-    return lpips_from_params(params, config)
 
 
 def lpips_from_params(params: Mapping[tuple[Any, ...], Any], config: LPIPSConfig) -> LPIPS:

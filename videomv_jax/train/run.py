@@ -70,8 +70,8 @@ def _random_model(kind: str, config: Any, seed: int) -> nnx.Module:
 def build_models(cfg: ml_collections.ConfigDict, names: list[str]) -> dict[str, Any]:
     """Load (``checkpoint``) or initialise (``config``) each named model; ``lpips`` from its
     public checkpoints when ``cfg.lpips`` names them."""
-    from videomv_jax.convert.checkpoint import load_converted
     from videomv_jax.convert.registry import get_kind
+    from videomv_jax.model_store import load_converted
 
     models: dict[str, Any] = {}
     for name in names:
@@ -106,7 +106,7 @@ def init_partial(model: nnx.Module, directory: str) -> dict[str, list[str]]:
     path and shape agree (any kind: e.g. unet-t2v into a unet-i2v). Returns and logs the
     ``copied`` / ``kept`` (random: absent or reshaped in the source) / ``unused`` paths;
     refuses a source that shares no parameter with the model."""
-    from videomv_jax.convert.checkpoint import load_converted
+    from videomv_jax.model_store import load_converted
 
     src, _ = load_converted(directory)
     have = {tuple(p): v for p, v in nnx.to_flat_state(nnx.state(src, nnx.Param))}
@@ -157,7 +157,8 @@ def _with_overrides(model: nnx.Module, overrides: Mapping[str, Any]) -> nnx.Modu
 
 def load_lpips_from_config(cfg: ml_collections.ConfigDict):
     """LPIPS-VGG from ``cfg.lpips.vgg16`` + ``cfg.lpips.weights``, or None (with a message)."""
-    from videomv_jax.models.lpips import load_lpips, lpips_unavailable_reason
+    from videomv_jax.convert.lpips import load_lpips
+    from videomv_jax.models.lpips import lpips_unavailable_reason
 
     vgg, weights = cfg.lpips.get("vgg16", ""), cfg.lpips.get("weights", "")
     reason = lpips_unavailable_reason(vgg or None, weights or None)
@@ -346,7 +347,7 @@ def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
         # the vision tower's own input size (224 for ViT-H-14; the tiny tower is smaller)
         task.clip_image_size = int(models["vision"].config.image_size)
     if "text" in models and tokenizer is not None:
-        vocab = len(tokenizer.get_vocab())
+        vocab = tokenizer.vocab_size  # largest id + 1
         if models["text"].config.vocab_size < vocab:
             raise ValueError(f"the text encoder's vocab_size {models['text'].config.vocab_size}"
                              f" is smaller than the tokenizer's {vocab}")
@@ -387,7 +388,7 @@ def export_models(trainer: Trainer, cfg: ml_collections.ConfigDict, directory: s
     """Write each trained model (EMA weights when the run keeps them) as a converted checkpoint
     directory ``directory/<name>`` that :func:`load_converted` and the sampling pipeline read;
     the text encoder also gets the run's tokenizer. Returns the written directories."""
-    from videomv_jax.convert.checkpoint import save_converted
+    from videomv_jax.model_store import save_converted
 
     use_ema = trainer.config.ema_decay is not None if use_ema is None else use_ema
     models = trainer.models(use_ema=use_ema)
