@@ -426,9 +426,12 @@ def _aware_x0(vae, lgm, x, out_u, out_c, alpha, geometry, config, key):
 def _gaussians_like(vae, lgm, x, geometry, config) -> Gaussians:
     """Zero Gaussians shaped like the aware step's [2, B, G] output (for the scan carry)."""
     b = x.shape[0]
+    size = lgm.config.input_size
+    # only LGM is traced for the shapes (decoded views are float32 [2B, V, size, size, 3]),
+    # not the decode / render / encode around it: tracing costs seconds on every run
     spec = jax.eval_shape(
-        lambda xx: reconstruct_latents(vae, lgm, xx, geometry, config, None)[1],
-        jax.ShapeDtypeStruct((2 * b, *x.shape[1:]), x.dtype))
+        lambda rgb: lgm.gaussians(lgm_inputs(rgb, geometry, config)),
+        jax.ShapeDtypeStruct((2 * b, len(config.aware_views), size, size, 3), jnp.float32))
     return jax.tree.map(lambda s: jnp.zeros((2, b, *s.shape[1:]), s.dtype), spec)
 
 
@@ -557,12 +560,18 @@ class Sampler:
         self._jitted_segment = jax.jit(self._segment)
 
     def _init(self, states, noise, cameras):
+        # returns x too: the segments' carry is then always a jit output (committed the same
+        # way on every call, so they reuse one executable)
         _, vae, lgm = _merge(self.graphdefs, states)
-        return _init_aux(vae, lgm, noise, sampler_geometry(cameras, self.config), self.config)
+        return noise, _init_aux(vae, lgm, noise, sampler_geometry(cameras, self.config),
+                                self.config)
 
-    def _segment(self, states, x, aux, cond, uncond, cameras, key, steps, mask):
+    def _segment(self, states, x, aux, cond, uncond, cameras, key, mask, start):
         consts = (cond, uncond, sampler_geometry(cameras, self.config), key)
-        return lax.scan(lambda c, xs: self.step(states, consts, c, xs), (x, aux), (steps, mask))
+        chunk = self.progress_chunk
+        steps = start + jnp.arange(chunk, dtype=jnp.int32)
+        xs = (steps, lax.dynamic_slice(mask, (start,), (chunk,)))
+        return lax.scan(lambda c, xs: self.step(states, consts, c, xs), (x, aux), xs)
 
     def _sample(self, states, noise, cond, uncond, cameras, key, mask):
         _, vae, lgm = _merge(self.graphdefs, states)
@@ -580,13 +589,12 @@ class Sampler:
         from tqdm.auto import tqdm
 
         n, chunk = self.config.num_steps, self.progress_chunk
-        x, aux = noise, self._jitted_init(states, noise, cameras)
+        x, aux = self._jitted_init(states, noise, cameras)
         trajectory = []
         with tqdm(total=n, desc="DDIM", unit="step") as bar:
             for start in range(0, n, chunk):
-                steps = jnp.arange(start, start + chunk, dtype=jnp.int32)
                 (x, aux), traj = self._jitted_segment(states, x, aux, cond, uncond, cameras,
-                                                      key, steps, mask[start:start + chunk])
+                                                      key, mask, jnp.int32(start))
                 jax.block_until_ready(x)
                 bar.update(chunk)
                 trajectory.append(traj)
