@@ -169,3 +169,60 @@ def test_disabled_writes_nothing(tmp_path, jax_cache_settings, monkeypatch):
     assert compile_cache.cache_dir_from_args(args) is None
     _fresh_run(SamplerConfig(num_steps=10, aware_steps=(), guidance_scale=5.0))
     assert not any((tmp_path / "c").iterdir())
+
+
+# ---- model loading: cached structure, direct tensorstore reads ----------------------------------
+
+
+def _leaves(model) -> list[np.ndarray]:
+    from flax import nnx
+
+    def host(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return np.asarray(jax.random.key_data(x))
+        return np.asarray(x)
+
+    return [host(x) for x in jax.tree.leaves(nnx.state(model))]
+
+
+def _assert_same_model(a, b) -> None:
+    from flax import nnx
+
+    assert repr(nnx.graphdef(a)) == repr(nnx.graphdef(b))
+    la, lb = _leaves(a), _leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb, strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("name", ["clip_text", "lgm"])
+def test_packaged_model_loads_the_same_from_cache_and_tensorstore(name, tmp_path,
+                                                                  jax_cache_settings,
+                                                                  monkeypatch):
+    """The reference: the model built afresh, restored by orbax (no cache). Then the fast
+    paths: the structure from the on-disk cache (written, then read), the arrays read straight
+    from the store. Everything must be identical, dtypes included (stored float16 -> float32)."""
+    from videomv_jax import tiny
+    from videomv_jax.convert import checkpoint as ck
+
+    directory = tiny.weights_dir() / name
+    compile_cache.enable_compilation_cache(enabled=False)
+    monkeypatch.setattr(ck, "_read_single_device", lambda *a: None)
+    reference, _ = ck.load_converted(directory)
+    monkeypatch.undo()
+
+    where = compile_cache.enable_compilation_cache(tmp_path / "cache")
+    built, _ = ck.load_converted(directory)  # builds, writes the structure
+    entries = list((where / compile_cache.MODELS_SUBDIR).glob("*.pkl"))
+    assert len(entries) == 1
+    cached, _ = ck.load_converted(directory)  # reads it
+    for model in (built, cached):
+        _assert_same_model(model, reference)
+
+    entries[0].write_bytes(b"\x80\x05 damaged")
+    with pytest.warns(UserWarning, match="unreadable cached model structure"):
+        rebuilt, _ = ck.load_converted(directory)
+    _assert_same_model(rebuilt, reference)
+    again, _ = ck.load_converted(directory)  # rewritten whole by the rebuild
+    _assert_same_model(again, reference)

@@ -34,14 +34,22 @@ the number of entries. Delete the directory to clear it.
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
+import json
 import os
+import pickle
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "DISABLE_VALUES",
     "ENV_VAR",
     "MIN_COMPILE_TIME_S",
+    "abstract_model_cache",
     "add_arguments",
     "cache_dir_from_args",
     "default_cache_dir",
@@ -100,6 +108,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *, enabled: 
 
     Call it before the first ``jit`` compilation of the process. Calling it again with another
     directory re-points the cache (JAX's cache object is reset)."""
+    global _model_dir
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cc
 
@@ -107,6 +116,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *, enabled: 
     if where is None:
         jax.config.update("jax_enable_compilation_cache", False)
         cc.reset_cache()  # JAX decides once per process whether to use it: ask again
+        _model_dir = None
         return None
     try:
         where.mkdir(parents=True, exist_ok=True)
@@ -124,6 +134,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *, enabled: 
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     if previous is None or os.path.abspath(previous) != str(where):
         cc.reset_cache()  # (re)open it at ``where`` on the next compilation
+    _model_dir = where / MODELS_SUBDIR
     return where
 
 
@@ -142,3 +153,85 @@ def cache_dir_from_args(args: argparse.Namespace) -> Path | None:
     """:func:`enable_compilation_cache` as the flags of :func:`add_arguments` ask."""
     return enable_compilation_cache(getattr(args, "compilation_cache", None),
                                     enabled=not getattr(args, "no_compilation_cache", False))
+
+
+# ---- abstract models ----------------------------------------------------------------------------
+
+MODELS_SUBDIR = "abstract_models"
+"""Subdirectory of the cache holding built-model structures (see :func:`abstract_model_cache`)."""
+
+_model_dir: Path | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """SHA-256 over every ``.py`` file of the ``videomv_jax`` package and the jax / flax
+    versions: any code change makes every cached model structure stale."""
+    import flax
+    import jax
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256(f"jax {jax.__version__} flax {flax.__version__}".encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _to_host(tree: Any) -> Any:
+    import jax
+    import numpy as np
+
+    def conv(a):
+        if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return ("prng_key", str(jax.random.key_impl(a)), np.asarray(jax.random.key_data(a)))
+        return np.asarray(a)
+
+    return jax.tree.map(conv, tree)
+
+
+def _from_host(tree: Any) -> Any:
+    import jax
+
+    def is_key(x):
+        return isinstance(x, tuple) and len(x) == 3 and x[0] == "prng_key"
+
+    return jax.tree.map(lambda x: jax.random.wrap_key_data(x[2], impl=x[1]) if is_key(x) else x,
+                        tree, is_leaf=is_key)
+
+
+def abstract_model_cache(kind: str, config: dict[str, Any],
+                         build: Callable[[], tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
+    """``build()`` → ``(graphdef, abstract params, non-parameter state)`` of a model, cached on
+    disk while the compilation cache is on (:func:`enable_compilation_cache`).
+
+    Building a model's structure means running its constructor under a trace, which costs
+    seconds for the UNet on a 2-core CPU (Flax's per-attribute checks); the cached pickle loads
+    in ~0.1 s. The key is the model kind, its config and :func:`_code_fingerprint` (all package
+    code, jax and flax versions). An unreadable entry warns and is rebuilt. The non-parameter
+    state (dropout RNG keys and counters) is stored as host values and returned as host
+    arrays (typed PRNG keys restored); the caller places them."""
+    if _model_dir is None:
+        return build()
+    key = hashlib.sha256(json.dumps([kind, config, _code_fingerprint()], sort_keys=True,
+                                    default=str).encode()).hexdigest()
+    path = _model_dir / f"{kind}-{key[:32]}.pkl"
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                graphdef, params, rest = pickle.load(f)
+            return graphdef, params, _from_host(rest)
+        except Exception as err:  # noqa: BLE001 - any damage: rebuild
+            warnings.warn(f"ignoring the unreadable cached model structure {str(path)!r} "
+                          f"({type(err).__name__}: {err}); rebuilding it", stacklevel=2)
+    graphdef, params, rest = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            pickle.dump((graphdef, params, _to_host(rest)), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)  # atomic: concurrent readers see the old or the whole new file
+    except (OSError, pickle.PicklingError, TypeError) as err:
+        warnings.warn(f"could not cache the model structure in {str(path)!r}: {err}",
+                      stacklevel=2)
+    return graphdef, params, rest
