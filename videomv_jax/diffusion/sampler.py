@@ -634,8 +634,9 @@ class Sampler:
 def progress_chunk(num_steps: int) -> int:
     """DDIM steps per compiled call when a progress bar is shown: the smallest divisor ≥ 2 of
     ``num_steps`` that needs at most 10 calls (every call runs the same executable, a scan of
-    that many steps: XLA folds a one-trip loop into its surroundings, so chunks of 1 would
-    round differently from the single scan)."""
+    that many steps; at least 2, because XLA may simplify a one-trip loop away and fuse its
+    body with the surroundings, which can round differently from the single scan; measured on
+    videomv-tiny, 25 steps in chunks of 5: bit-identical to the single scan)."""
     for d in range(2, num_steps + 1):
         if num_steps % d == 0 and num_steps // d <= 10:
             return d
