@@ -31,9 +31,11 @@ SETTINGS = ("jax_enable_compilation_cache", "jax_compilation_cache_dir",
 @pytest.fixture
 def jax_cache_settings():
     saved = {k: getattr(jax.config, k) for k in SETTINGS}
+    model_dir = compile_cache._model_dir
     yield
     for k, v in saved.items():
         jax.config.update(k, v)
+    compile_cache._model_dir = model_dir
     cc.reset_cache()
     jax.clear_caches()
 
