@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from videomv_jax import compile_cache  # noqa: E402
 from videomv_jax.data.shapes import HELD_OUT_SEED_OFFSET, NEXT_TO, resolve_world  # noqa: E402
 from videomv_jax.eval.consistency import (  # noqa: E402
     FitConfig,
@@ -71,6 +72,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lpips-weights", help="LPIPS linear-layer weights (with --lpips-vgg16)")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--title")
+    compile_cache.add_arguments(p)
 
 
 def _add_fit(p: argparse.ArgumentParser, default_bg: str) -> None:
@@ -507,6 +509,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    compile_cache.cache_dir_from_args(args)
     commands = {"folders": cmd_folders, "consistency": cmd_consistency, "shapes": cmd_shapes,
                 "compare": cmd_compare}
     try:

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from ml_collections.config_flags import config_path  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from videomv_jax import compile_cache  # noqa: E402
 from videomv_jax.data import images as image_io  # noqa: E402
 from videomv_jax.render import camera  # noqa: E402
 from videomv_jax.render.demo import sphere_on_box  # noqa: E402
@@ -82,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), default="inria")
     p.add_argument("--background", type=float, nargs=3, default=(1.0, 1.0, 1.0))
     p.add_argument("--fps", type=int, default=8)
+    compile_cache.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -303,6 +305,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    compile_cache.cache_dir_from_args(args)
     if args.prompt or args.prompts_file or args.image:
         from videomv_jax.pipeline import PipelineError
         try:

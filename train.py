@@ -104,6 +104,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export", metavar="DIR",
                    help="after training, write the trained models as converted checkpoints")
     p.add_argument("--print-config", action="store_true", help="print the config and exit")
+    from videomv_jax import compile_cache
+
+    compile_cache.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -120,10 +123,12 @@ def main(argv=None) -> int:
     if args.print_config:
         print(cfg)
         return 0
+    from videomv_jax import compile_cache
     from videomv_jax.parallel.mesh import initialize_distributed
     from videomv_jax.train.run import train
     from videomv_jax.train.trainer import NonFiniteError
 
+    compile_cache.cache_dir_from_args(args)
     initialize_distributed()
     try:
         summary = train(cfg, resume=not args.no_resume, export=args.export)

@@ -199,3 +199,29 @@ def test_image_to_mv_end_to_end(sample, ckpt, tmp_path, capsys):
     aware = np.asarray(Image.open(d / "grid.png"))
     assert plain.shape == aware.shape and not np.array_equal(plain, aware)
     assert len(os.listdir(d / "views_plain")) == 24
+
+
+def test_second_prompt_of_the_same_shapes_traces_and_compiles_nothing(sample, ckpt):
+    """One pipeline, two prompts: the second reuses every executable (sampler, text encoder,
+    decode, the final LGM reconstruction); no trace, lowering or compilation at all."""
+    from jax._src import monitoring
+
+    from videomv_jax.pipeline import MultiViewPipeline
+
+    args = sample.parse_args(["--prompt", "x", "--checkpoint-dir", str(ckpt), *TINY])
+    cfg, _ = sample.build_config(args, "t2mv")
+    pipe = MultiViewPipeline.from_checkpoints(ckpt, cfg)
+    first = pipe.text_to_mv(["a red chair"], 3)[0]
+    events: list[str] = []
+
+    def listener(event: str, duration_secs: float, **kwargs) -> None:
+        if event.startswith("/jax/core/compile/"):
+            events.append(event)
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        second = pipe.text_to_mv(["hello world"], 4)[0]
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    assert events == []
+    assert not np.array_equal(first.views, second.views)

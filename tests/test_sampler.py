@@ -367,3 +367,12 @@ def test_config_validation_and_round_trip(models, inputs):
     aware = make_sampler(unet, vae, lgm, SamplerConfig(num_steps=5, aware_steps=(2,)))
     with pytest.raises(ValueError, match="aware_views"):
         aware(noise[:, :8], cond, uncond, cams[:8], key)
+
+
+def test_progress_chunks_divide_the_steps():
+    """The progress bar's chunks: equal (one executable), at least 2 steps each (XLA may fold a
+    one-trip scan into its surroundings), at most 10 calls when possible."""
+    from videomv_jax.diffusion.sampler import progress_chunk
+
+    assert [progress_chunk(n) for n in (1, 2, 4, 5, 20, 23, 25, 50, 100)] == \
+        [1, 2, 2, 5, 2, 23, 5, 5, 10]

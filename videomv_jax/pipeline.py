@@ -213,8 +213,9 @@ class MultiViewPipeline:
         self.checkpoint_dir = checkpoint_dir
         self._check_consistency()
         self._sampler = None
-        self._decode = nnx.jit(lambda vae, z: vae.decode_frames(z))
-        self._lgm = nnx.jit(lambda lgm, x: lgm.gaussians(x))
+        self._decode = nnx.jit(lambda vae, z: jnp.clip(vae.decode_frames(z) * 0.5 + 0.5, 0.0,
+                                                       1.0)[0])
+        self._reconstruct = None  # (sampler config, jitted views -> Gaussians)
         self._text = nnx.jit(lambda m, t: m(t))
         self._embed_image = nnx.jit(lambda m, x: m(x))
         self._encode_image = nnx.jit(lambda m, x, k: m.encode_frames(x, k))
@@ -325,8 +326,27 @@ class MultiViewPipeline:
         return self._text(self.models["clip_text"], jnp.asarray(np.concatenate(rows)))
 
     def _decode_views(self, latents: jax.Array) -> np.ndarray:
-        video = self._decode(self.models["vae"], latents)
-        return np.asarray(jax.block_until_ready(jnp.clip(video * 0.5 + 0.5, 0.0, 1.0)[0]))
+        """[1, F, h, w, C] latents → float [F, H, W, 3] in [0, 1] (one executable)."""
+        return np.asarray(jax.block_until_ready(self._decode(self.models["vae"], latents)))
+
+    def _final_gaussians(self, views: np.ndarray, cams: np.ndarray, scfg: SamplerConfig
+                         ) -> Gaussians:
+        """LGM's reconstruction from the aware views of ``views`` [F, H, W, 3]: camera
+        geometry, resize, LGM inputs and LGM in one executable (compiled once per sampler
+        config and shapes; not a chain of small eager ones)."""
+        if self._reconstruct is None or self._reconstruct[0] != scfg:
+            size = self.models["lgm"].config.input_size
+            aware = list(scfg.aware_views)
+
+            def reconstruct(lgm, frames, cameras):
+                rgb = frames[jnp.asarray(aware)][None]
+                if rgb.shape[2:4] != (size, size):
+                    rgb = jax.image.resize(rgb, (*rgb.shape[:2], size, size, 3), "linear")
+                return lgm.gaussians(lgm_inputs(rgb, sampler_geometry(cameras, scfg), scfg))
+
+            self._reconstruct = (scfg, nnx.jit(reconstruct))
+        g = self._reconstruct[1](self.models["lgm"], jnp.asarray(views), jnp.asarray(cams))
+        return jax.tree.map(lambda a: np.asarray(a[0]), jax.block_until_ready(g))
 
     def _generate(self, cond: dict, uncond: dict, cams: np.ndarray, seed: int,
                   timings: dict[str, float]
@@ -358,14 +378,7 @@ class MultiViewPipeline:
             timings["plain_sampling_and_decode_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        lgm = self.models["lgm"]
-        rgb = jnp.asarray(views[list(scfg.aware_views)])[None]
-        size = lgm.config.input_size
-        if rgb.shape[2:4] != (size, size):
-            rgb = jax.image.resize(rgb, (*rgb.shape[:2], size, size, 3), "linear")
-        inputs = lgm_inputs(rgb, sampler_geometry(jnp.asarray(cams), scfg), scfg)
-        g = jax.block_until_ready(self._lgm(lgm, inputs))
-        gaussians = jax.tree.map(lambda a: np.asarray(a[0]), g)
+        gaussians = self._final_gaussians(views, cams, scfg)
         timings["lgm_s"] = time.perf_counter() - t0
         return views, gaussians, overflow, plain
 
