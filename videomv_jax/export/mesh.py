@@ -852,12 +852,13 @@ def write_mesh_outputs(args: argparse.Namespace, gaussians: Gaussians, out_dir: 
                        ) -> dict[str, Any]:
     """``sample.py --mesh``: export ``mesh.glb`` / ``mesh.obj`` into ``out_dir`` and return the
     entries for its ``run.json`` outputs (``{}`` without ``--mesh``). An asset that cannot be
-    meshed gets a warning on stderr and a ``mesh_error`` entry; the other outputs stand."""
+    meshed (or a missing ``mesh`` extra) gets a warning on stderr and a ``mesh_error`` entry;
+    the other outputs stand."""
     if not getattr(args, "mesh", False):
         return {}
     try:
         record = export_mesh(gaussians, out_dir, "mesh", config_from_args(args))
-    except MeshExportError as err:
+    except (MeshExportError, ImportError) as err:
         print(f"warning: no mesh written: {err}", file=sys.stderr)
         return {"mesh_error": str(err)}
     return {"mesh": [os.path.basename(f) for f in record["files"]],
