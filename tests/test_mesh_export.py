@@ -251,12 +251,13 @@ def test_cli_meshes_a_ply_with_vertex_colours(fitted, tmp_path, capsys):
     ply = tmp_path / "asset.ply"
     save_ply(ply, fitted["gaussians"])
     code = M.main([str(ply), "--out", str(tmp_path / "o"), "--mesh-resolution", "48",
-                   "--mesh-texture", "0", "--mesh-faces", "2000"])
+                   "--mesh-texture", "0", "--mesh-faces", "800"])
     assert code == 0, capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "o")) == ["mesh.glb", "mesh.obj"]
     lines = (tmp_path / "o" / "mesh.obj").read_text().splitlines()
     v = np.array([[float(x) for x in ln.split()[1:]] for ln in lines if ln.startswith("v ")])
-    assert v.shape[1] == 6 and len([ln for ln in lines if ln.startswith("f ")]) == 2000
+    faces = [ln for ln in lines if ln.startswith("f ")]
+    assert v.shape[1] == 6 and 700 <= len(faces) <= 800  # x y z r g b; decimated to ≤ 800
     acc, comp, _ = _geometry_scores(v[:, :3], np.array(
         [[int(t.split("/")[0]) - 1 for t in ln.split()[1:]] for ln in lines
          if ln.startswith("f ")]))
