@@ -652,8 +652,8 @@ def bake_texture(mesh: Mesh, gaussians: Gaussians, config: MeshConfig | None = N
         ok = (z > 1e-3) & (x >= 0) & (x < res) & (y >= 0) & (y < res)
         sub, z, x, y = sub[ok], z[ok], x[ok], y[ok]
         _, _, depth = rasterize_mesh(mesh.vertices, mesh.faces, vm, k, res, res)
-        visible = z <= depth[y.astype(np.int64), x.astype(np.int64)] + 0.01 * scale + 2 * z / k[
-            0, 0]
+        tolerance = 0.01 * scale + 2.0 * z / k[0, 0]  # 1 % of the asset + two pixels' depth
+        visible = z <= depth[y.astype(np.int64), x.astype(np.int64)] + tolerance
         sub, x, y = sub[visible], x[visible], y[visible]
         sample = _sample_bilinear(rgba, x, y)
         opaque = sample[:, 3] > 0.5  # the Gaussians cover this pixel
