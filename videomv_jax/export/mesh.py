@@ -579,24 +579,26 @@ def bake_cameras(center: np.ndarray, radius: float, num_views: int, resolution: 
 def _render_views(gaussians: Gaussians, viewmats: np.ndarray, ks: np.ndarray, res: int,
                   settings: str, batch: int = 8):
     """Premultiplied RGBA renders ``[H, W, 4]`` of the Gaussians (black background), one view at
-    a time, rendered ``batch`` views per call with one buffer capacity (one compilation)."""
+    a time, rendered ``batch`` views per call. Slices are taken in NumPy and the buffer capacity
+    is rounded up to a power of two, so every call has the same shapes (one compilation, also
+    shared by later assets of a similar size)."""
     g = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), gaussians)
-    vm = jnp.asarray(viewmats, jnp.float32)
-    kk = jnp.asarray(ks, jnp.float32)
+    vm = np.asarray(viewmats, np.float32)
+    kk = np.asarray(ks, np.float32)
     pad = -len(vm) % batch
     if pad:
-        vm = jnp.concatenate([vm, jnp.repeat(vm[-1:], pad, 0)])
-        kk = jnp.concatenate([kk, jnp.repeat(kk[-1:], pad, 0)])
-    need = max(int(count_intersections(g, vm[i:i + batch], kk[i:i + batch], res, res, settings))
-               for i in range(0, len(vm), batch))
-    capacity = max(1024, -(-need * 9 // 8 // 1024) * 1024)
+        vm = np.concatenate([vm, np.repeat(vm[-1:], pad, 0)])
+        kk = np.concatenate([kk, np.repeat(kk[-1:], pad, 0)])
+    batches = [(jnp.asarray(vm[i:i + batch]), jnp.asarray(kk[i:i + batch]))
+               for i in range(0, len(vm), batch)]
+    need = max(count_intersections(g, v, k, res, res, settings) for v, k in batches)
+    capacity = 1 << max(10, int(math.ceil(math.log2(need * 1.05 + 1))))
     bg = jnp.zeros(3, jnp.float32)
-    for i in range(0, len(viewmats), batch):
-        out = rasterize(g, vm[i:i + batch], kk[i:i + batch], res, res, background=bg,
-                        settings=settings, capacity=capacity)
+    for i, (v, k) in enumerate(batches):
+        out = rasterize(g, v, k, res, res, background=bg, settings=settings, capacity=capacity)
         rgba = np.concatenate([np.asarray(out.colors, np.float64),
                                np.asarray(out.alphas, np.float64)[..., None]], -1)
-        yield from rgba[:min(batch, len(viewmats) - i)]
+        yield from rgba[:min(batch, len(viewmats) - i * batch)]
 
 
 def _texel_surface(mesh: Mesh, size: int) -> tuple[np.ndarray, ...]:
