@@ -6,15 +6,17 @@ Pipeline (each step a function of its own):
    adds ``log(1 − min(oᵢ·Gᵢ(x), 0.999))`` to the log-transmittance of the grid points inside
    its ``sigma_extent``-sigma ellipsoid, so ``α(x) = 1 − Πᵢ (1 − oᵢ Gᵢ(x))`` (the same
    ``o·exp(−½ dᵀΣ⁻¹d)`` a splat has in the rasterizer, taken in 3D). Gaussians are grouped by
-   the size of their window of grid points (powers of two) and splatted in fixed-size chunks
-   by one jitted ``fori_loop`` per group, so the cost follows Σ window³ rather than
-   grid × Gaussians. The same pass accumulates the opacity-weighted colour, for vertex colours.
-2. :func:`extract_mesh` — marching cubes (scikit-image) at ``level`` (default 0.5) after the
+   the size of their window of grid points (about 1.5× steps) and scatter-added in chunks of a
+   fixed size per window (one jitted function per window size), so the cost follows Σ window³
+   rather than grid × Gaussians. The same pass accumulates the opacity-weighted colour, for
+   vertex colours.
+2. :func:`extract_mesh` — marching cubes (scikit-image) at ``level`` (default 0.25) after the
    cavities of the thresholded field are filled (Gaussians spread over a surface give a thin
    shell; without the fill it would mesh as two nested surfaces), then cleanup: components
-   with fewer than ``min_component_fraction`` of the largest one's faces are dropped (floaters)
-   and the rest is decimated to ``target_faces`` (fast-simplification, quadric error). Vertex
-   colours: the opacity-weighted mean colour of the Gaussians, trilinear on the grid.
+   with fewer than ``min_component_fraction`` of the largest one's faces are dropped (floaters),
+   the rest is Taubin-smoothed and decimated to ``target_faces`` (fast-simplification,
+   quadric error). Vertex colours: the opacity-weighted mean colour of the Gaussians,
+   trilinear on the grid.
 3. :func:`texture_mesh` — a UV atlas (xatlas) and a texture baked by rendering the Gaussians
    with our rasterizer from ``bake_views`` cameras spread evenly over the sphere around the
    asset, and back-projecting: every texel takes the cos²-weighted mean colour of the views
