@@ -37,6 +37,7 @@ from tqdm import tqdm  # noqa: E402
 
 from videomv_jax import compile_cache  # noqa: E402
 from videomv_jax.data import images as image_io  # noqa: E402
+from videomv_jax.export.mesh import add_mesh_arguments, write_mesh_outputs  # noqa: E402
 from videomv_jax.render import camera  # noqa: E402
 from videomv_jax.render.demo import sphere_on_box  # noqa: E402
 from videomv_jax.render.gaussians import load_ply, save_ply  # noqa: E402
@@ -84,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--background", type=float, nargs=3, default=(1.0, 1.0, 1.0))
     p.add_argument("--fps", type=int, default=8)
     compile_cache.add_arguments(p)
+
+    p.add_argument("--mesh", action="store_true", help="also write mesh.glb and mesh.obj (+ .mtl, "
+                   ".png) from the Gaussians (videomv_jax.export.mesh; options --mesh-*)")
+    add_mesh_arguments(p.add_argument_group("mesh export (with --mesh)"))
     return p.parse_args(argv)
 
 
@@ -258,7 +263,7 @@ def generate(args: argparse.Namespace) -> int:
         video = image_io.write_video(os.path.join(d, "turntable.mp4"), frames, cfg.output.fps)
         save_ply(os.path.join(d, "gaussians.ply"), r.gaussians)
         outputs = {"views": "views/", "grid": "grid.png", "video": os.path.basename(video),
-                   "ply": "gaussians.ply"}
+                   "ply": "gaussians.ply", **write_mesh_outputs(args, r.gaussians, d)}
         if r.plain_views is not None:  # the plain DDIM sample from the same noise
             plain = image_io.to_uint8(r.plain_views)
             os.makedirs(os.path.join(d, "views_plain"), exist_ok=True)
@@ -362,6 +367,7 @@ def main(argv=None) -> int:
     video = image_io.write_video(os.path.join(args.out, "turntable.mp4"), frames, args.fps)
     ply_path = os.path.join(args.out, "asset.ply")
     save_ply(ply_path, jax.tree_util.tree_map(np.asarray, gaussians))
+    mesh_outputs = write_mesh_outputs(args, gaussians, args.out)
     timings["write_outputs_s"] = time.perf_counter() - t0
 
     record = {
@@ -374,7 +380,7 @@ def main(argv=None) -> int:
         "intersections": int(out.info.intersections), "capacity": int(out.info.capacity),
         "timings": timings, "device": str(jax.devices()[0]),
         "outputs": {"views": "views/", "grid": "grid.png", "video": os.path.basename(video),
-                    "ply": "asset.ply"},
+                    "ply": "asset.ply", **mesh_outputs},
     }
     with open(os.path.join(args.out, "run.json"), "w") as f:
         json.dump(record, f, indent=2)

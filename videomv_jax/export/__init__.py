@@ -1,0 +1,1 @@
+"""Exporters from 3D Gaussians to other asset formats (meshes: :mod:`videomv_jax.export.mesh`)."""
