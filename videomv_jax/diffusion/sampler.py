@@ -547,16 +547,22 @@ class Sampler:
         self.models = (unet, vae, lgm)
         self.graphdefs, _ = _split(unet, vae, lgm)
         self._bar = None
+        self.step_callback: Callable[[int, int], None] | None = None
+        """Called as ``step_callback(done, num_steps)`` after each DDIM step when
+        ``config.progress`` is set, from the compiled loop's host callback (another thread;
+        calls may arrive out of order), e.g. to drive a web page's progress bar."""
         on_step = self._tick if config.progress else None
         self.step = _build_step(self.graphdefs, config, self.schedule, on_step)
         self.jitted = jax.jit(self._sample)
 
     def _tick(self, i) -> None:
+        done = int(i) + 1
+        callback = self.step_callback
+        if callback is not None:
+            callback(done, self.config.num_steps)
         bar = self._bar
-        if bar is not None:  # callbacks may arrive out of order: never move backwards
-            done = int(i) + 1
-            if done > bar.n:
-                bar.update(done - bar.n)
+        if bar is not None and done > bar.n:  # callbacks may arrive out of order
+            bar.update(done - bar.n)
 
     def _sample(self, states, noise, cond, uncond, cameras, key, mask):
         _, vae, lgm = _merge(self.graphdefs, states)
