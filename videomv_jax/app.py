@@ -381,16 +381,21 @@ def render_asset_turntable(gaussians: Any, cameras_c2w_zup: Any, sampler_config:
 
     from videomv_jax.data.images import to_uint8
     from videomv_jax.diffusion.sampler import sampler_geometry
-    from videomv_jax.render.rasterize import rasterize
+    from videomv_jax.render.rasterize import count_intersections, rasterize
 
     scfg = sampler_config.replace(render_size=size)
     geometry = sampler_geometry(jnp.asarray(cameras_c2w_zup), scfg)
-    out = rasterize(gaussians, geometry.viewmats, geometry.intrinsics, size, size,
-                    background=jnp.ones((3,), jnp.float32), settings=scfg.raster_settings)
+    args = (gaussians, geometry.viewmats, geometry.intrinsics, size, size)
+    # a power-of-two buffer: one compilation serves most requests (the rasterizer's own
+    # rounding follows each scene's intersection count more closely, and recompiles more)
+    needed = count_intersections(*args, settings=scfg.raster_settings)
+    out = rasterize(*args, background=jnp.ones((3,), jnp.float32),
+                    settings=scfg.raster_settings,
+                    capacity=max(1 << 16, 1 << (max(needed, 1) - 1).bit_length()))
     return to_uint8(np.clip(np.asarray(out.colors), 0.0, 1.0))
 
 
-VIEWER_SCALE = 2.5
+VIEWER_SCALE = 1.5
 """Gradio's splat viewer orbits at a fixed distance of 5 units: the viewer's copy is scaled up."""
 
 
@@ -541,7 +546,7 @@ def _run_with_progress(model: DemoModel, request: DemoRequest, out_dir: str,
             done = max(done, event[1])
             progress((done, event[2]), desc=f"DDIM step {done}/{event[2]}", unit="steps")
         else:
-            progress(None if done == 0 else 1.0, desc=event[1])
+            progress(0.0 if done == 0 else 1.0, desc=event[1])
     worker.join()
     if "error" in box:
         raise box["error"]
@@ -559,13 +564,25 @@ def build_demo(model: DemoModel, output_root: str, keep_requests: int = 16,
     steps0 = default_steps or first.sampler.num_steps
     prompts, images = model.examples()
 
-    def run(prompt, image, seed, steps, guidance, aware, elevation, negative,
-            progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
-        request = DemoRequest(prompt=prompt or "", image=image or None, seed=seed,
-                              steps=steps, guidance=guidance, aware=bool(aware),
-                              elevation=elevation, negative_prompt=negative)
+    def request_of(prompt, image, seed, steps, guidance, aware, elevation, negative):
+        return DemoRequest(prompt=prompt or "", image=image or None, seed=seed, steps=steps,
+                           guidance=guidance, aware=bool(aware), elevation=elevation,
+                           negative_prompt=negative)
+
+    def check(*values):
+        """Bad input is answered at once (not queued), in the page, before any work."""
         try:
-            prepare_request(model, request)  # bad input fails here, before any work
+            prepare_request(model, request_of(*values))
+        except AppInputError as err:
+            return f"**Error:** {err}", False
+        return "Queued…", True
+
+    def run(ok, *values, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
+        if not ok:
+            return (gr.skip(),) * 6
+        request = request_of(*values)
+        try:
+            prepare_request(model, request)
         except AppInputError as err:
             raise gr.Error(str(err), duration=None, title="Bad input",
                            print_exception=False) from None
@@ -597,6 +614,7 @@ def build_demo(model: DemoModel, output_root: str, keep_requests: int = 16,
                                     interactive="t2mv" in model.configs)
                 image = gr.Image(label="…or an image (image→MV): RGBA, or RGB on white",
                                  type="filepath", image_mode=None, sources=["upload"],
+                                 height=240,
                                  elem_id="image", visible="i2mv" in model.configs)
                 with gr.Accordion("Advanced settings", open=False):
                     seed = gr.Number(label="Seed", value=int(first.seed), precision=0,
@@ -630,9 +648,11 @@ def build_demo(model: DemoModel, output_root: str, keep_requests: int = 16,
                                     height=400, elem_id="viewer")
                 files = gr.File(label="Downloads: .ply, zip of everything, run.json",
                                 file_count="multiple", elem_id="downloads")
-        button.click(run, [prompt, image, seed, steps, guidance, aware, elevation, negative],
-                     [gallery, views_video, turntable, viewer, files, info],
-                     concurrency_limit=1)
+        inputs = [prompt, image, seed, steps, guidance, aware, elevation, negative]
+        ok = gr.State(False)
+        button.click(check, inputs, [info, ok], queue=False).then(
+            run, [ok, *inputs], [gallery, views_video, turntable, viewer, files, info],
+            concurrency_limit=1)
     return demo
 
 
