@@ -5,13 +5,15 @@
   Python client): the app runs as a subprocess on 127.0.0.1 with videomv-tiny at 4 DDIM steps
   (3D-aware steps 1/2/3, the model's fractions), a prompt is typed and run, and the page must
   show 24 views, two videos with a source, per-step progress and a 3D viewer canvas with
-  non-background pixels; a bad input must show its error message. Screenshots go to
+  non-background pixels, while a second user's request waits in the queue and then completes
+  too; a bad input must show its error message. Screenshots go to
   ``test-artifacts/app/`` (ignored by git). Skipped, with the reason, when Chromium or the
   ``playwright`` package is missing (``.ci/run`` installs both).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -252,10 +254,13 @@ def test_prompt_to_views_videos_and_3d_viewer_in_a_browser(app_url, browser):
     url, out_root, _ = app_url
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = _new_page(browser, url)
+    other = _new_page(browser, url)  # a second user at the same time: waits in the queue
     page.locator("#prompt textarea").fill("a red cube on a blue sphere")
+    other.locator("#prompt textarea").fill("a green torus")
     page.screenshot(path=str(ARTIFACTS / "0_prompt.png"))
     t0 = time.perf_counter()
     page.locator("#generate").click()
+    other.locator("#generate").click()
     progress_seen = []
     deadline = t0 + RUN_TIMEOUT_S
     while page.locator("#views img").count() < 24:
@@ -288,9 +293,18 @@ def test_prompt_to_views_videos_and_3d_viewer_in_a_browser(app_url, browser):
              for i in range(page.locator("#downloads a").count())]
     for name in ("gaussians.ply", "run.json", ".zip"):
         assert any(href.endswith(name) for href in links), links
-    folders = [p for p in out_root.iterdir() if p.name.startswith("req_")]
-    assert len(folders) == 1 and (folders[0] / "views" / "023.png").is_file()
-    _assert_turntable_matches_views(folders[0])
+    other.locator("#views img").nth(23).wait_for(timeout=RUN_TIMEOUT_S * 1000)
+    assert other.locator("#views img").count() == 24
+    assert "Done" in other.locator("#info").inner_text()
+    other.screenshot(path=str(ARTIFACTS / "1_result_second_user.png"), full_page=True)
+    folders = sorted(p for p in out_root.iterdir() if p.name.startswith("req_"))
+    assert len(folders) == 2, folders  # one folder per request
+    for folder in folders:
+        record = json.loads((folder / "run.json").read_text())
+        assert record["prompt"] in ("a red cube on a blue sphere", "a green torus")
+        assert len(list((folder / "views").glob("*.png"))) == 24
+        _assert_turntable_matches_views(folder)
+    other.close()
     print(f"run in the browser: {run_s:.1f} s, progress seen {sorted(set(progress_seen))}, "
           f"viewer foreground {fraction:.2%}")
     page.close()

@@ -373,6 +373,9 @@ def prepare_request(model: DemoModel, request: DemoRequest
 # ---- outputs ------------------------------------------------------------------------------------
 
 
+_TURNTABLE_CAPACITY: dict[int, int] = {}  # frame size → the intersection buffer in use
+
+
 def render_asset_turntable(gaussians: Any, cameras_c2w_zup: Any, sampler_config: Any,
                            size: int = TURNTABLE_SIZE) -> np.ndarray:
     """The reconstructed asset rendered at the sample's 24 cameras (the frame LGM and the
@@ -386,12 +389,14 @@ def render_asset_turntable(gaussians: Any, cameras_c2w_zup: Any, sampler_config:
     scfg = sampler_config.replace(render_size=size)
     geometry = sampler_geometry(jnp.asarray(cameras_c2w_zup), scfg)
     args = (gaussians, geometry.viewmats, geometry.intrinsics, size, size)
-    # a power-of-two buffer: one compilation serves most requests (the rasterizer's own
-    # rounding follows each scene's intersection count more closely, and recompiles more)
+    # The buffer only grows, by powers of two with 2x headroom: the warm-up's compilation
+    # serves later requests (the rasterizer's own sizing follows each scene and recompiles).
     needed = count_intersections(*args, settings=scfg.raster_settings)
+    capacity = _TURNTABLE_CAPACITY.get(size, 0)
+    if needed > capacity:
+        capacity = _TURNTABLE_CAPACITY[size] = 1 << (2 * max(needed, 1) - 1).bit_length()
     out = rasterize(*args, background=jnp.ones((3,), jnp.float32),
-                    settings=scfg.raster_settings,
-                    capacity=max(1 << 16, 1 << (max(needed, 1) - 1).bit_length()))
+                    settings=scfg.raster_settings, capacity=capacity)
     return to_uint8(np.clip(np.asarray(out.colors), 0.0, 1.0))
 
 
