@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import queue
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -131,6 +133,9 @@ class DemoModel:
         from videomv_jax import tiny
         from videomv_jax.pipeline import MultiViewPipeline
 
+        unknown = sorted(set(modes) - set(MODE_TITLES))
+        if unknown:
+            raise AppInputError(f"unknown modes {unknown}; choose from {sorted(MODE_TITLES)}")
         self.manifest = None
         self.configs: dict[str, Any] = {}
         if checkpoint_dirs:
@@ -150,9 +155,6 @@ class DemoModel:
                 except tiny.TinyWeightsError as err:
                     raise AppInputError(str(err)) from err
                 self.configs[mode] = cfg
-        unknown = sorted(set(modes) - set(MODE_TITLES))
-        if unknown:
-            raise AppInputError(f"unknown modes {unknown}; choose from {sorted(MODE_TITLES)}")
         self.configs = {m: c for m, c in self.configs.items() if m in modes}
         if not self.configs:
             raise AppInputError(f"no model serves the modes {list(modes)}")
@@ -708,33 +710,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         print(f"error: {'; '.join(problems)}", file=sys.stderr)
         return 2
+    if importlib.util.find_spec("gradio") is None:
+        print("error: the web demo needs Gradio: pip install -e '.[app]'", file=sys.stderr)
+        return 2
     own_root = args.output_root is None
     root = os.path.abspath(args.output_root or tempfile.mkdtemp(prefix="videomv_app_"))
     os.makedirs(root, exist_ok=True)
     # Gradio's own copies of inputs and outputs stay under the output root too.
     os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(root, "gradio"))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on kill as on Ctrl-C
     try:
         t0 = time.perf_counter()
-        model = DemoModel(args.checkpoint_dir, modes, args.steps)
+        try:
+            model = DemoModel(args.checkpoint_dir, modes, args.steps)
+        except AppInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"loaded {', '.join(MODE_TITLES[m] for m in model.modes)} in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
-    except AppInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not args.no_warmup:
-        model.warm_up(lambda s: print(s, flush=True))
-    demo = build_demo(model, root, args.keep_requests, args.keep_minutes, args.steps)
-    demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
-    print(f"outputs under {root}", flush=True)
-    try:
+        if not args.no_warmup:
+            model.warm_up(lambda s: print(s, flush=True))
+        demo = build_demo(model, root, args.keep_requests, args.keep_minutes, args.steps)
+        demo.queue(max_size=args.max_queue, default_concurrency_limit=1)
+        print(f"outputs under {root}", flush=True)
         demo.launch(server_name=args.host, server_port=args.port, share=args.share,
                     allowed_paths=[root], show_error=True)
     finally:
         if own_root:
             shutil.rmtree(root, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
