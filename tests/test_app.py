@@ -102,6 +102,22 @@ def test_settings_reach_the_config_and_notes_name_what_the_model_ignores(configs
     assert mode == "i2mv" and rgb.shape == (cfg.resolution, cfg.resolution, 3)
 
 
+def test_checkpoint_dirs_serve_the_mode_of_their_unet(tmp_path):
+    from videomv_jax import tiny
+
+    # the packaged weights folder is laid out as a converted text→MV checkpoint (unet/ = t2v)
+    m = DemoModel([str(tiny.weights_dir())], load=False)
+    assert m.modes == ["t2mv"] and not m.is_tiny
+    assert m.configs["t2mv"].checkpoint_dir == str(tiny.weights_dir())
+    assert m.configs["t2mv"].sampler.num_steps == 50  # the released settings, not the tiny's
+    with pytest.raises(AppInputError, match="no converted UNet"):
+        DemoModel([str(tmp_path)], load=False)
+    with pytest.raises(AppInputError, match="does not exist"):
+        DemoModel([str(tmp_path / "nope")], load=False)
+    with pytest.raises(AppInputError, match="unknown modes"):
+        DemoModel(modes=["t2mv", "video"], load=False)
+
+
 def test_old_request_folders_are_cleaned(tmp_path):
     now = time.time()
     ages = {"req_a": 10, "req_b": 20, "req_c": 30, "req_old": 4000}
