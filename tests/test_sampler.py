@@ -169,6 +169,22 @@ def test_progress_bar_is_advanced_from_the_compiled_loop(plain_run, inputs, caps
     assert f"{STEPS}/{STEPS}" in err, err
 
 
+def test_step_callback_reports_every_ddim_step_before_the_call_returns(plain_run, inputs):
+    """The web demo's per-step progress: ``step_callback(done, total)`` once per step (the
+    compiled loop's host callbacks, joined by the call's effects barrier), then nothing."""
+    sampler, (x_ref, _) = plain_run
+    seen = []
+    sampler.step_callback = lambda done, total: seen.append((done, total))
+    try:
+        x, _ = sampler(*inputs)
+    finally:
+        sampler.step_callback = None
+    assert sorted(seen) == [(i + 1, STEPS) for i in range(STEPS)]
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(x_ref))  # same compiled loop
+    jax.block_until_ready(sampler(*inputs))
+    assert len(seen) == STEPS  # detached: no more calls
+
+
 # ---- (2) plain vs 3D-aware ----------------------------------------------------------------------
 
 

@@ -212,7 +212,12 @@ class MultiViewPipeline:
         self.sources = dict(sources or {})
         self.checkpoint_dir = checkpoint_dir
         self._check_consistency()
-        self._sampler = None
+        self._samplers: dict[SamplerConfig, Any] = {}  # compiled once per sampling config
+        self.max_samplers = 4
+        self.step_callback: Any = None
+        """``step_callback(done, num_steps)`` as the denoising loop advances (with
+        ``sampler.progress``, the configs' default), e.g. a web page's progress bar; see
+        ``Sampler.step_callback``."""
         self._decode = nnx.jit(lambda vae, z: jnp.clip(vae.decode_frames(z) * 0.5 + 0.5, 0.0,
                                                        1.0)[0])
         self._reconstruct = None  # (sampler config, jitted views -> Gaussians)
@@ -352,15 +357,19 @@ class MultiViewPipeline:
                   timings: dict[str, float]
                   ) -> tuple[np.ndarray, Gaussians, bool, np.ndarray | None]:
         c, scfg = self.config, self.sampler_config()
-        if self._sampler is None or self._sampler.config != scfg:
-            self._sampler = make_sampler(self.models["unet"], self.models["vae"],
-                                         self.models["lgm"], scfg)
+        sampler = self._samplers.get(scfg)
+        if sampler is None:
+            while len(self._samplers) >= max(1, self.max_samplers):  # drop the oldest
+                self._samplers.pop(next(iter(self._samplers)))
+            sampler = self._samplers[scfg] = make_sampler(
+                self.models["unet"], self.models["vae"], self.models["lgm"], scfg)
+        sampler.step_callback = self.step_callback
         vae = self.models["vae"]
         h = c.resolution // vae.config.downsample_factor
         key_noise, key_sample = jax.random.split(jax.random.key(seed))
         noise = jax.random.normal(key_noise, (1, c.num_frames, h, h, vae.config.embed_dim))
         t0 = time.perf_counter()
-        x, aux = self._sampler(noise, cond, uncond, jnp.asarray(cams), key_sample)
+        x, aux = sampler(noise, cond, uncond, jnp.asarray(cams), key_sample)
         jax.block_until_ready(x)
         timings["sampling_s"] = time.perf_counter() - t0
         overflow = bool(aux.get("overflow", False))
@@ -372,8 +381,8 @@ class MultiViewPipeline:
         plain = None
         if _cfg_get(c, "also_plain", False) and scfg.aware_steps:
             t0 = time.perf_counter()
-            x_plain, _ = self._sampler(noise, cond, uncond, jnp.asarray(cams), key_sample,
-                                       aware_mask=np.zeros(scfg.num_steps, bool))
+            x_plain, _ = sampler(noise, cond, uncond, jnp.asarray(cams), key_sample,
+                                 aware_mask=np.zeros(scfg.num_steps, bool))
             plain = self._decode_views(x_plain)
             timings["plain_sampling_and_decode_s"] = time.perf_counter() - t0
 

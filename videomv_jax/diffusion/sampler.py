@@ -551,6 +551,10 @@ class Sampler:
         self.models = (unet, vae, lgm)
         self.graphdefs, _ = _split(unet, vae, lgm)
         self.step = _build_step(self.graphdefs, config, self.schedule, None)
+        self.step_callback: Callable[[int, int], None] | None = None
+        """Called as ``step_callback(done, num_steps)`` after each compiled chunk of
+        ``progress_chunk`` DDIM steps when ``config.progress`` is set (on the calling thread),
+        e.g. to drive a web page's progress bar."""
         self.jitted = jax.jit(self._sample)
         # progress: the same scan in equal chunks of steps, the bar advanced between calls (a
         # host callback inside the loop would keep the executable out of the persistent
@@ -597,6 +601,8 @@ class Sampler:
                                                       key, mask, jnp.int32(start))
                 jax.block_until_ready(x)
                 bar.update(chunk)
+                if self.step_callback is not None:
+                    self.step_callback(start + chunk, n)
                 trajectory.append(traj)
         if self.config.keep_trajectory:
             aux["trajectory"] = jnp.concatenate(trajectory)
