@@ -169,9 +169,9 @@ def test_progress_bar_is_advanced_from_the_compiled_loop(plain_run, inputs, caps
     assert f"{STEPS}/{STEPS}" in err, err
 
 
-def test_step_callback_reports_every_ddim_step_before_the_call_returns(plain_run, inputs):
-    """The web demo's per-step progress: ``step_callback(done, total)`` once per step (the
-    compiled loop's host callbacks, joined by the call's effects barrier), then nothing."""
+def test_step_callback_reports_each_chunk_before_the_call_returns(plain_run, inputs):
+    """The web demo's progress: ``step_callback(done, total)`` after each compiled chunk of
+    ``progress_chunk`` steps, in order, on the calling thread; the result is the plain loop's."""
     sampler, (x_ref, _) = plain_run
     seen = []
     sampler.step_callback = lambda done, total: seen.append((done, total))
@@ -179,10 +179,11 @@ def test_step_callback_reports_every_ddim_step_before_the_call_returns(plain_run
         x, _ = sampler(*inputs)
     finally:
         sampler.step_callback = None
-    assert sorted(seen) == [(i + 1, STEPS) for i in range(STEPS)]
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(x_ref))  # same compiled loop
+    chunk = sampler.progress_chunk
+    assert seen == [(k, STEPS) for k in range(chunk, STEPS + 1, chunk)]
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(x_ref))  # same numbers
     jax.block_until_ready(sampler(*inputs))
-    assert len(seen) == STEPS  # detached: no more calls
+    assert len(seen) == STEPS // chunk  # detached: no more calls
 
 
 # ---- (2) plain vs 3D-aware ----------------------------------------------------------------------
