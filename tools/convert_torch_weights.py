@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from videomv_jax.convert.base import ConversionError, load_source_checkpoint
+    from videomv_jax.convert.base import (
+        CheckpointReadError,
+        ConversionError,
+        load_source_checkpoint,
+    )
     from videomv_jax.convert.checkpoint import save_converted
     from videomv_jax.convert.registry import (
         check_source,
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reading {args.source} ...", file=sys.stderr)
     try:
         source = load_source_checkpoint(args.source)
-    except (FileNotFoundError, ImportError) as err:
+    except (FileNotFoundError, ImportError, CheckpointReadError) as err:
         return _err(str(err))
     except Exception as err:  # torch/safetensors/zip/pickle errors on a damaged file
         return _err(f"cannot read checkpoint {args.source!r} (damaged or not a state dict): "
