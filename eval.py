@@ -54,7 +54,7 @@ from videomv_jax.eval.folders import (  # noqa: E402
     find_view_sets,
     load_views,
 )
-from videomv_jax.eval.metrics import PSNR_CAP_DB, image_metrics  # noqa: E402
+from videomv_jax.eval.metrics import PSNR_CAP_DB, SMALL_N, image_metrics  # noqa: E402
 from videomv_jax.eval.report import write_comparison, write_report  # noqa: E402
 
 CAMERA_TOLERANCE_DEG = 2.0
@@ -378,6 +378,10 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
     if args.num_samples < 1:
         raise UsageError("--num-samples must be >= 1")
+    if args.num_samples < SMALL_N:
+        print(f"warning: --num-samples {args.num_samples} < {SMALL_N}: the confidence intervals "
+              f"will be very wide (none for 1 sample); use more samples for conclusions",
+              file=sys.stderr)
     lpips_fn, lpips_note = _load_lpips(args)
     cfg, manifest = _shapes_config(args)
     default_model = manifest is not None
@@ -411,8 +415,12 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     lgm_idx = [int(i) for i in cfg.sampler.aware_views]
     records = []
     os.makedirs(args.out, exist_ok=True)
-    for i in tqdm(range(args.num_samples), desc="shapes", unit="sample"):
+    bar = tqdm(range(args.num_samples), desc="shapes", unit="sample")
+    steps = int(cfg.sampler.num_steps)
+    for i in bar:
         seed = args.seed_offset + i
+        bar.set_postfix_str(f"sample {i}: ground truth + sampling (DDIM {steps} steps, "
+                            f"3D-aware and plain)", refresh=True)
         scene = random_scene(seed, world["max_objects"], world["fit_radius"], world["next_to"],
                              world["max_size_ratio"])
         t_s = time.perf_counter()
@@ -427,7 +435,12 @@ def cmd_shapes(args: argparse.Namespace) -> int:
         variants, details = {}, {}
         for var, views in (("aware", result.views), ("plain", result.plain_views)):
             views = np.asarray(views, np.float32)
+            bar.set_postfix_str(f"sample {i}: {var} reference metrics", refresh=True)
             means, per_view = reference_scores(views, gt, keep, lpips_fn)
+            bar.set_postfix_str(f"sample {i}: {var} consistency (" + ", ".join(
+                (["LGM hold-out"] if lgm is not None else [])
+                + ([f"Gaussian fit, {fit_cfg.steps} steps"] if fit_cfg else [])) + ")",
+                refresh=True)
             t_c = time.perf_counter()
             cm, det = consistency_scores(views, cams, fovy, lgm, lgm_idx, fit_cfg,
                                          resolve_background(cbg, views), lpips_fn)
