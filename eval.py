@@ -510,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"folders": cmd_folders, "consistency": cmd_consistency, "shapes": cmd_shapes,
                 "compare": cmd_compare}
     try:
+        cli.check_output_dir(args.out)  # before anything is read or loaded
         return commands[args.command](args)
     except (UsageError, FolderError) as err:
         print(f"error: {err}", file=sys.stderr)

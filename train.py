@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = ("t2mv", "i2mv", "recon", "vae")
 
 sys.path.insert(0, ROOT)
+from videomv_jax import cli  # noqa: E402
 from videomv_jax.cli import UsageError, apply_overrides, make_parser  # noqa: E402
 
 
@@ -88,7 +89,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = build_config(args)
-    except (UsageError, ValueError) as e:  # bad --config / --preset / --set
+        cli.check_output_dir(cfg.workdir, "--workdir")
+        if args.export:
+            cli.check_output_dir(args.export, "--export")
+    except (UsageError, ValueError) as e:  # bad --config / --preset / --set / folders
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:

@@ -437,6 +437,11 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
     # bad input: a clear error, not a traceback
     assert cli.main(["--config", "vae", "--preset", "tiny", "--set", "train.nope=1"]) == 2
     assert "unknown config key 'train.nope'" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert cli.main(["--config", "vae", "--preset", "tiny", "--workdir",
+                     str(tmp_path / "a_file" / "run")]) == 2
+    assert "--workdir" in capsys.readouterr().err
+    assert not (tmp_path / "a_file").is_dir()
     assert cli.main(["--config", "vae", "--preset", "tiny", "--data", str(tmp_path)]) == 2
     assert "not a built data set" in capsys.readouterr().err
 

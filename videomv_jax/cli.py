@@ -180,6 +180,8 @@ def check_output_dir(path: str, what: str = "--out") -> str:
     """``path`` when it is a folder that exists and is writable, or can be created (its nearest
     existing parent is a writable folder). Nothing is created."""
     path = os.fspath(path)
+    if "://" in path:  # a remote store (gs://...): checked by its own client when written
+        return path
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise UsageError(f"{what} {path!r} exists and is not a folder; give a folder path")
