@@ -446,6 +446,8 @@ def _complete_export(cfg: ml_collections.ConfigDict, directory: str,
 
     from videomv_jax.tiny import SAMPLING_FILE
 
+    if jax.process_index() != 0:  # plain file copies: one process writes them
+        return []
     mode = "i2mv" if cfg.variant == "image" else "t2mv"
     export = cfg.get("export", ml_collections.ConfigDict(dict(models={}, sampling={})))
     sources = {}
@@ -467,8 +469,8 @@ def _complete_export(cfg: ml_collections.ConfigDict, directory: str,
             shutil.rmtree(out)
         shutil.copytree(src, out)
         copied.append(out)
-    sampling = _flat(export.get("sampling", {}).to_dict() if hasattr(
-        export.get("sampling", {}), "to_dict") else dict(export.get("sampling", {})))
+    sampling = export.get("sampling", {})
+    sampling = _flat(sampling.to_dict() if hasattr(sampling, "to_dict") else dict(sampling))
     if sampling:
         with open(os.path.join(directory, SAMPLING_FILE), "w") as fh:
             json.dump({"modes": {mode: sampling},
