@@ -346,17 +346,18 @@ def cmd_consistency(args: argparse.Namespace) -> int:
 
 def _shapes_config(args: argparse.Namespace):
     from configs import i2mv, t2mv
+    from videomv_jax import tiny
 
     cfg = (t2mv if args.config == "t2mv" else i2mv).get_config()
     manifest = None
-    if not args.checkpoint_dir:
-        from videomv_jax import tiny
-
-        try:
+    try:
+        if not args.checkpoint_dir:
             manifest = tiny.use_default_model(cfg, args.config)
-        except tiny.TinyWeightsError as err:
-            raise UsageError(str(err)) from err
-        args.checkpoint_dir = cfg.checkpoint_dir
+            args.checkpoint_dir = cfg.checkpoint_dir
+        else:  # a train.py --export folder: the settings its models were trained for
+            tiny.apply_directory_settings(cfg, args.config, args.checkpoint_dir)
+    except tiny.TinyWeightsError as err:
+        raise UsageError(str(err)) from err
     cli.apply_overrides(cfg, args.set)
     if args.steps is not None:
         old = cfg.sampler.num_steps

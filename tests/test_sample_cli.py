@@ -117,3 +117,13 @@ def test_bad_input_fails_before_any_model_loads(sample, tmp_path, capsys, monkey
     with pytest.raises(SystemExit) as exc:  # argparse's own errors: exit code 2 too
         sample.main(["--preset", "inria"])
     assert exc.value.code == 2
+
+
+def test_pose_note_says_when_the_model_never_saw_the_cameras(sample):
+    from videomv_jax.render.camera import orbit_cameras
+
+    trained = (15.0, 1.645)  # videomv-tiny's orbit
+    assert sample.pose_note(np.asarray(orbit_cameras(24, 15.0, 1.645)), trained, True) is None
+    note = sample.pose_note(np.asarray(orbit_cameras(24, 40.0, 1.645)), trained, True)
+    assert "elevation 40.0..40.0 deg" in note and "never saw such poses" in note
+    assert "elevation 15 deg, distance 1.645" in note
