@@ -106,7 +106,8 @@ def set_config_value(cfg: Any, key: str, value: Any) -> None:
                              f"{', '.join(config_keys(cfg))}")
         node = node[p]
     leaf = parts[-1]
-    if leaf not in node or (_is_section(node[leaf]) and len(node[leaf])):
+    if leaf not in node or (_is_section(node[leaf]) and len(node[leaf])
+                            and not isinstance(value, Mapping)):  # a whole section: a dict
         raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(config_keys(cfg))}")
     value = _coerce(node[leaf], value)
     try:
