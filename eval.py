@@ -38,7 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from videomv_jax import compile_cache  # noqa: E402
+from videomv_jax import (
+    cli,  # noqa: E402
+    compile_cache,  # noqa: E402
+)
+from videomv_jax.cli import UsageError  # noqa: E402
 from videomv_jax.data.shapes import HELD_OUT_SEED_OFFSET, NEXT_TO, resolve_world  # noqa: E402
 from videomv_jax.eval.consistency import (  # noqa: E402
     FitConfig,
@@ -53,14 +57,10 @@ from videomv_jax.eval.folders import (  # noqa: E402
     find_view_sets,
     load_views,
 )
-from videomv_jax.eval.metrics import PSNR_CAP_DB, image_metrics  # noqa: E402
+from videomv_jax.eval.metrics import PSNR_CAP_DB, SMALL_N, image_metrics  # noqa: E402
 from videomv_jax.eval.report import write_comparison, write_report  # noqa: E402
 
 CAMERA_TOLERANCE_DEG = 2.0
-
-
-class UsageError(ValueError):
-    """A bad command line: printed as ``error: ...`` with exit code 2."""
 
 
 # ---- arguments ----------------------------------------------------------------------------------
@@ -70,31 +70,36 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--lpips-vgg16", help="VGG16 weights for LPIPS (with --lpips-weights)")
     p.add_argument("--lpips-weights", help="LPIPS linear-layer weights (with --lpips-vgg16)")
-    p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--title")
     compile_cache.add_arguments(p)
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="level of the confidence intervals")
+    p.add_argument("--title", help="report title (default: from the command)")
 
 
 def _add_fit(p: argparse.ArgumentParser, default_bg: str) -> None:
     g = p.add_argument_group("consistency (b): Gaussian fit on even views, scored on odd views")
     g.add_argument("--no-fit", action="store_true", help="skip the Gaussian-fit score")
-    g.add_argument("--fit-steps", type=int, default=FitConfig.steps)
-    g.add_argument("--fit-gaussians", type=int, default=FitConfig.num_gaussians)
+    g.add_argument("--fit-steps", type=int, default=FitConfig.steps, help="Adam steps")
+    g.add_argument("--fit-gaussians", type=int, default=FitConfig.num_gaussians,
+                   help="Gaussians fitted")
     g.add_argument("--fit-views-per-step", type=int, default=FitConfig.views_per_step,
                    help="training views per Adam step (0 = all, full batch)")
-    g.add_argument("--fit-seed", type=int, default=0)
+    g.add_argument("--fit-seed", type=int, default=0, help="seed of the fit's initialisation")
     g.add_argument("--consistency-background", default=default_bg,
                    help="'auto' (median border colour of the views) or R,G,B in [0, 1]")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.make_parser(__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    fmt = {"formatter_class": cli.HelpFormatter}
 
-    f = sub.add_parser("folders", help="reference metrics: generated vs reference renders")
-    f.add_argument("--generated", required=True)
-    f.add_argument("--reference", required=True)
+    f = sub.add_parser("folders", **fmt,
+                       help="reference metrics: generated vs reference renders")
+    f.add_argument("--generated", required=True,
+                   help="generated view folder (sample.py output) or a folder of them")
+    f.add_argument("--reference", required=True,
+                   help="reference renders: a view folder or a folder of them")
     f.add_argument("--background", default="1,1,1",
                    help="compositing colour of RGBA images, R,G,B in [0, 1] (default white)")
     f.add_argument("--exclude-views", default="",
@@ -102,21 +107,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--max-views", type=int, default=24, help="G-Objaverse views read (0..N-1)")
     _add_common(f)
 
-    c = sub.add_parser("consistency", help="GT-free multi-view consistency of generated views")
-    c.add_argument("--generated", required=True)
+    c = sub.add_parser("consistency", **fmt,
+                       help="GT-free multi-view consistency of generated views")
+    c.add_argument("--generated", required=True,
+                   help="generated view folder (sample.py output) or a folder of them")
     c.add_argument("--lgm-checkpoint", help="converted LGM folder: enables score (a)")
     c.add_argument("--lgm-views", help="comma list of LGM input views (default 4 evenly "
                    "spaced: 0,6,12,18 of 24)")
     c.add_argument("--background", default="1,1,1", help="compositing colour of RGBA images")
-    c.add_argument("--max-views", type=int, default=24)
+    c.add_argument("--max-views", type=int, default=24, help="G-Objaverse views read (0..N-1)")
     _add_common(c)
     _add_fit(c, "auto")
 
-    s = sub.add_parser("shapes", help="held-out shapes scenes: generate, score, compare")
+    s = sub.add_parser("shapes", **fmt,
+                       help="held-out shapes scenes: generate, score, compare")
     s.add_argument("--checkpoint-dir", help="converted/trained models (default: the packaged "
                    "videomv-tiny with its sampling settings and shapes world)")
-    s.add_argument("--num-samples", type=int, required=True)
-    s.add_argument("--seed-offset", type=int, default=HELD_OUT_SEED_OFFSET)
+    s.add_argument("--num-samples", type=int, required=True,
+                   help="held-out scenes to sample and score")
+    s.add_argument("--seed-offset", type=int, default=HELD_OUT_SEED_OFFSET,
+                   help="seed of the first scene (held-out seeds start here)")
     s.add_argument("--config", choices=("t2mv", "i2mv"), default="t2mv",
                    help="i2mv conditions on the ground-truth view 0 (excluded from scoring)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -142,38 +152,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also write each sample's generated and GT views as PNG grids")
     _add_common(s)
     _add_fit(s, "auto")
-    m = sub.add_parser("compare", help="paired differences between two reports of the same "
+    m = sub.add_parser("compare", **fmt,
+                       help="paired differences between two reports of the same "
                                        "samples (e.g. two checkpoints)")
     m.add_argument("report_a", help="report folder A (the baseline)")
     m.add_argument("report_b", help="report folder B (differences are B − A)")
     m.add_argument("--out", required=True, help="folder for compare.md / compare.json")
     m.add_argument("--name-a", default="A", help="label of report A in the tables")
     m.add_argument("--name-b", default="B", help="label of report B in the tables")
-    m.add_argument("--confidence", type=float, default=0.95)
+    m.add_argument("--confidence", type=float, default=0.95,
+                   help="level of the confidence intervals")
     return p.parse_args(argv)
 
 
 def _parse_rgb(text: str, what: str) -> Any:
-    if text == "auto":
-        return "auto"
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError as err:
-        raise UsageError(f"{what} must be 'auto' or R,G,B, got {text!r}") from err
-    if len(vals) == 1:
-        vals = vals * 3
-    if len(vals) != 3 or not all(0 <= v <= 1 for v in vals):
-        raise UsageError(f"{what} must be three numbers in [0, 1], got {text!r}")
-    return vals
+    return cli.parse_rgb(text, what, allow_auto=True)
 
 
 def _parse_ints(text: str | None, what: str) -> list[int]:
-    if not text:
-        return []
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise UsageError(f"{what} must be a comma list of ints, got {text!r}") from err
+    return cli.parse_ints(text, what)
 
 
 def _load_lpips(args: argparse.Namespace):
@@ -352,27 +349,20 @@ def cmd_consistency(args: argparse.Namespace) -> int:
 
 
 def _shapes_config(args: argparse.Namespace):
-    import sample as sample_cli
     from configs import i2mv, t2mv
+    from videomv_jax import tiny
 
     cfg = (t2mv if args.config == "t2mv" else i2mv).get_config()
     manifest = None
-    if not args.checkpoint_dir:
-        from videomv_jax import tiny
-
-        try:
+    try:
+        if not args.checkpoint_dir:
             manifest = tiny.use_default_model(cfg, args.config)
-        except tiny.TinyWeightsError as err:
-            raise UsageError(str(err)) from err
-        args.checkpoint_dir = cfg.checkpoint_dir
-    for item in args.set:
-        if "=" not in item:
-            raise UsageError(f"--set needs KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            sample_cli.set_config_value(cfg, k.strip(), sample_cli.parse_value(v.strip()))
-        except sample_cli.UsageError as err:
-            raise UsageError(str(err)) from err
+            args.checkpoint_dir = cfg.checkpoint_dir
+        else:  # a train.py --export folder: the settings its models were trained for
+            tiny.apply_directory_settings(cfg, args.config, args.checkpoint_dir)
+    except tiny.TinyWeightsError as err:
+        raise UsageError(str(err)) from err
+    cli.apply_overrides(cfg, args.set)
     if args.steps is not None:
         old = cfg.sampler.num_steps
         cfg.sampler.num_steps = args.steps
@@ -393,6 +383,10 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
     if args.num_samples < 1:
         raise UsageError("--num-samples must be >= 1")
+    if args.num_samples < SMALL_N:
+        print(f"warning: --num-samples {args.num_samples} < {SMALL_N}: the confidence intervals "
+              f"will be very wide (none for 1 sample); use more samples for conclusions",
+              file=sys.stderr)
     lpips_fn, lpips_note = _load_lpips(args)
     cfg, manifest = _shapes_config(args)
     default_model = manifest is not None
@@ -426,8 +420,12 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     lgm_idx = [int(i) for i in cfg.sampler.aware_views]
     records = []
     os.makedirs(args.out, exist_ok=True)
-    for i in tqdm(range(args.num_samples), desc="shapes", unit="sample"):
+    bar = tqdm(range(args.num_samples), desc="shapes", unit="sample")
+    steps = int(cfg.sampler.num_steps)
+    for i in bar:
         seed = args.seed_offset + i
+        bar.set_postfix_str(f"sample {i}: ground truth + sampling (DDIM {steps} steps, "
+                            f"3D-aware and plain)", refresh=True)
         scene = random_scene(seed, world["max_objects"], world["fit_radius"], world["next_to"],
                              world["max_size_ratio"])
         t_s = time.perf_counter()
@@ -442,7 +440,12 @@ def cmd_shapes(args: argparse.Namespace) -> int:
         variants, details = {}, {}
         for var, views in (("aware", result.views), ("plain", result.plain_views)):
             views = np.asarray(views, np.float32)
+            bar.set_postfix_str(f"sample {i}: {var} reference metrics", refresh=True)
             means, per_view = reference_scores(views, gt, keep, lpips_fn)
+            bar.set_postfix_str(f"sample {i}: {var} consistency (" + ", ".join(
+                (["LGM hold-out"] if lgm is not None else [])
+                + ([f"Gaussian fit, {fit_cfg.steps} steps"] if fit_cfg else [])) + ")",
+                refresh=True)
             t_c = time.perf_counter()
             cm, det = consistency_scores(views, cams, fovy, lgm, lgm_idx, fit_cfg,
                                          resolve_background(cbg, views), lpips_fn)
@@ -513,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"folders": cmd_folders, "consistency": cmd_consistency, "shapes": cmd_shapes,
                 "compare": cmd_compare}
     try:
+        cli.check_output_dir(args.out)  # before anything is read or loaded
         return commands[args.command](args)
     except (UsageError, FolderError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,35 +7,42 @@ Two modes:
   package (trained by us on the procedural ``shapes`` world at 64²; see
   ``docs/videomv-tiny.md``), with its own sampling settings. ``--checkpoint-dir`` takes
   converted checkpoints instead (``unet/``, ``vae/``, ``clip_text/`` (+ ``tokenizer/``),
-  ``lgm/`` and, for images, ``clip_vision/``; see ``tools/convert_torch_weights.py``). Writes
-  per sample ``out/<index>_<slug>/``: ``views/000.png…``, ``grid.png``, ``turntable.mp4`` (GIF
-  fallback), ``gaussians.ply`` (final LGM reconstruction) and ``run.json``.
+  ``lgm/`` and, for images, ``clip_vision/``; see ``tools/convert_torch_weights.py``), or a
+  ``train.py --export`` directory (its ``sampling.json`` gives the settings it was trained
+  for). Writes per sample ``out/<index>_<slug>/``: ``views/000.png…``, ``grid.png``,
+  ``views.mp4`` (the generated views as a video; GIF fallback), ``gaussians.ply`` (the final
+  LGM reconstruction, in the views' z-up world), ``turntable.mp4`` (a render of that ``.ply``
+  at the views' cameras) and ``run.json`` (settings, cameras used, timings).
 * **render-only** (neither): render a Gaussian asset (a ``.ply``, or a procedural demo asset)
   from the 24-view VideoMV orbit with the JAX rasterizer and write the views, a grid, a
   turntable video, the ``.ply`` and a JSON record.
 
 Config overrides: ``--set key=value`` (dotted keys, e.g. ``sampler.num_steps=20``; values
-parsed as Python literals, else strings).
+parsed as Python literals, else strings). Every argument is checked before any model loads;
+a bad one is a one-line ``error:`` and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import re
 import sys
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from ml_collections.config_flags import config_path  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from videomv_jax import compile_cache  # noqa: E402
+from videomv_jax import (
+    cli,  # noqa: E402
+    compile_cache,  # noqa: E402
+)
+from videomv_jax.cli import UsageError, parse_value, set_config_value  # noqa: E402, F401
 from videomv_jax.data import images as image_io  # noqa: E402
 from videomv_jax.export.mesh import add_mesh_arguments, write_mesh_outputs  # noqa: E402
 from videomv_jax.render import camera  # noqa: E402
@@ -45,114 +52,101 @@ from videomv_jax.render.rasterize import PRESETS  # noqa: E402
 from videomv_jax.render.turntable import render_orbit  # noqa: E402
 
 
-class UsageError(ValueError):
-    """A bad command line / input: printed as ``error: ...`` with exit code 2."""
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.make_parser(__doc__)
     g = p.add_argument_group("generation (videomv-tiny, or converted checkpoints)")
     g.add_argument("--prompt", action="append", default=[],
                    help="text→MV prompt (repeatable)")
     g.add_argument("--prompts-file", help="text→MV batch: one prompt per line")
     g.add_argument("--image", action="append", default=[],
                    help="image→MV input (RGBA, or RGB on white; repeatable)")
-    g.add_argument("--checkpoint-dir", help="converted models (unet/ vae/ clip_text/ lgm/ ...); "
-                   "default: the packaged videomv-tiny")
+    g.add_argument("--checkpoint-dir", help="converted models (unet/ vae/ clip_text/ lgm/ ...) "
+                   "or a train.py --export folder; default: the packaged videomv-tiny")
     g.add_argument("--config", choices=("t2mv", "i2mv"),
                    help="config (default: t2mv for prompts, i2mv for images)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (repeatable)")
-    g.add_argument("--negative-prompt")
-    g.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    g.add_argument("--steps", type=int, help="DDIM steps (aware steps scale with it)")
-    g.add_argument("--aware-steps", help="comma list of 3D-aware loop indices; '' = plain")
+                   help="override a dotted config key (repeatable), e.g. sampler.num_steps=20")
+    g.add_argument("--negative-prompt", help="negative prompt (default: the config's)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: "
+                   "the model's: 9 text / 6 image released, 3 videomv-tiny)")
+    g.add_argument("--steps", type=int, help="DDIM steps (aware steps scale with it; default: "
+                   "the model's, 50 released / 25 videomv-tiny)")
+    g.add_argument("--aware-steps", help="comma list of 3D-aware loop indices; '' = plain DDIM")
     g.add_argument("--also-plain", action="store_true",
                    help="as released, also sample plain DDIM from the same noise "
                         "(views_plain/, grid_plain.png)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--poses", help="JSON: F 4x4 OpenGL c2w (z-up) or {elevation, distance}")
-    p.add_argument("--ply", help="render-only: Gaussian asset (default: a procedural demo)")
-    p.add_argument("--out", default="outputs/demo", help="output folder")
-    p.add_argument("--views", type=int, default=camera.NUM_VIEWS)
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--elevation", type=float, help="orbit elevation in degrees (default: "
-                   "15 text / render-only, 5 image)")
-    p.add_argument("--distance", type=float, help="orbit distance (2.0 text, 1.7 image)")
-    p.add_argument("--fovy", type=float, default=camera.DEFAULT_FOVY_DEG)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="inria")
-    p.add_argument("--background", type=float, nargs=3, default=(1.0, 1.0, 1.0))
-    p.add_argument("--fps", type=int, default=8)
+    g.add_argument("--seed", type=int, help=f"seed of the first sample (sample i uses seed + "
+                   f"i; 0 … {cli.MAX_SEED}; default: the config's, 11)")
+    g.add_argument("--poses", help="JSON file: F 4x4 OpenGL camera-to-world matrices (z-up "
+                   "world) or {\"elevation\": deg, \"distance\": d}")
+    r = p.add_argument_group("render-only (no --prompt / --image)")
+    r.add_argument("--ply", help="Gaussian asset to render (default: a procedural demo)")
+    r.add_argument("--views", type=int, default=camera.NUM_VIEWS, help="number of orbit views")
+    r.add_argument("--resolution", type=int, default=256, help="image size in pixels")
+    r.add_argument("--fovy", type=float, default=camera.DEFAULT_FOVY_DEG,
+                   help="vertical field of view in degrees")
+    r.add_argument("--raster-preset", choices=sorted(PRESETS), default="inria",
+                   help="rasterizer settings preset")
+    r.add_argument("--background", default="1,1,1", metavar="R,G,B",
+                   help="background colour, values in [0, 1] (one number: a grey)")
+    r.add_argument("--fps", type=int, default=8, help="frames per second of the videos")
+    o = p.add_argument_group("both modes")
+    o.add_argument("--out", default="outputs/demo", help="output folder")
+    o.add_argument("--elevation", type=float, help="orbit elevation in degrees (default: the "
+                   "model's; 15 text / render-only, 5 image released)")
+    o.add_argument("--distance", type=float, help="orbit distance (default: the model's; 2.0 "
+                   "text / render-only, 1.7 image released, 1.645 videomv-tiny)")
     compile_cache.add_arguments(p)
-
     p.add_argument("--mesh", action="store_true", help="also write mesh.glb and mesh.obj (+ .mtl, "
                    ".png) from the Gaussians (videomv_jax.export.mesh; options --mesh-*)")
     add_mesh_arguments(p.add_argument_group("mesh export (with --mesh)"))
     return p.parse_args(argv)
 
 
-# ---- config overrides ---------------------------------------------------------------------------
-
-
-def _flat_keys(cfg, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(cfg.keys()):
-        v = cfg[k]
-        if hasattr(v, "keys") and hasattr(v, "to_dict"):
-            out.extend(_flat_keys(v, f"{prefix}{k}."))
-        else:
-            out.append(prefix + k)
-    return out
-
-
-def parse_value(text: str):
-    """A Python literal (``3``, ``0.5``, ``(1, 2)``, ``None``, ``'x'``), else the raw string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def set_config_value(cfg, key: str, value) -> None:
-    """Set dotted ``key``; unknown keys raise :class:`UsageError` listing the valid ones."""
-    valid = _flat_keys(cfg)
-    if key not in valid:
-        raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
-    old = config_path.get_value(key, cfg)
-    if isinstance(old, tuple) and isinstance(value, (list, tuple, int)):
-        value = tuple(value) if not isinstance(value, int) else (value,)
-    elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    elif isinstance(old, str) and not isinstance(value, str):
-        value = str(value)
-    try:
-        config_path.set_value(key, cfg, value)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"bad value for config key {key!r}: {value!r} ({err})") from err
+def check_args(args: argparse.Namespace, count: int = 1) -> None:
+    """Argument checks shared by both modes (nothing loaded or written yet)."""
+    cli.check_output_dir(args.out)
+    if args.seed is not None:
+        cli.check_seed(args.seed, count)
+    if args.elevation is not None:
+        cli.check_finite("--elevation", args.elevation)
+        if not -90.0 < args.elevation < 90.0:
+            raise UsageError(f"--elevation must be in (-90, 90) degrees, got {args.elevation}")
+    if args.distance is not None:
+        cli.check_finite("--distance", args.distance, positive=True)
+    if args.guidance is not None:
+        cli.check_finite("--guidance", args.guidance)
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    for name in ("views", "resolution", "fps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
+    cli.check_finite("--fovy", args.fovy)
+    if not 0.0 < args.fovy < 180.0:
+        raise UsageError(f"--fovy must be in (0, 180) degrees, got {args.fovy}")
 
 
 def build_config(args: argparse.Namespace, mode: str):
-    """``(config, manifest)``: the ml_collections config for ``mode`` with the command-line
-    options applied; without ``--checkpoint-dir``, the packaged videomv-tiny and its sampling
-    settings (which the command-line options still override) and its manifest, else
-    ``None``."""
+    """``(config, manifest, trained_orbit)``: the ml_collections config for ``mode`` with the
+    command-line options applied; without ``--checkpoint-dir``, the packaged videomv-tiny and
+    its sampling settings (which the command-line options still override) and its manifest,
+    else ``None``; a ``train.py --export`` folder's ``sampling.json`` settings likewise.
+    ``trained_orbit``: (elevation, distance) the models were trained / released for. The
+    sampler settings are checked here, before any model loads."""
     from configs import i2mv, t2mv
+    from videomv_jax import tiny
 
     cfg = (t2mv if mode == "t2mv" else i2mv).get_config()
     manifest = None
-    if not args.checkpoint_dir:
-        from videomv_jax import tiny
-
-        try:
+    try:
+        if not args.checkpoint_dir:
             manifest = tiny.use_default_model(cfg, mode)
-        except tiny.TinyWeightsError as err:
-            raise UsageError(str(err)) from err
-    for item in args.set:
-        if "=" not in item:
-            raise UsageError(f"--set needs KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        set_config_value(cfg, k.strip(), parse_value(v.strip()))
+        else:  # a train.py --export folder records the settings its models were trained for
+            tiny.apply_directory_settings(cfg, mode, args.checkpoint_dir)
+    except tiny.TinyWeightsError as err:
+        raise UsageError(str(err)) from err
+    trained = (float(cfg.elevation), float(cfg.distance))  # the orbit before any override
+    cli.apply_overrides(cfg, args.set)
     if args.checkpoint_dir:
         cfg.checkpoint_dir = args.checkpoint_dir
     if args.negative_prompt is not None:
@@ -180,7 +174,13 @@ def build_config(args: argparse.Namespace, mode: str):
         cfg.elevation = args.elevation
     if args.distance is not None:
         cfg.distance = args.distance
-    return cfg, manifest
+    from videomv_jax.diffusion.sampler import SamplerConfig
+
+    try:
+        SamplerConfig(**cfg.sampler.to_dict()).ddim_schedule()
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"invalid configuration: {err}") from err
+    return cfg, manifest, trained
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -193,10 +193,8 @@ def _json_safe(obj):
                                  else str(o)))
 
 
-def generate(args: argparse.Namespace) -> int:
-    """Text→MV / image→MV sampling with converted checkpoints."""
-    from videomv_jax.pipeline import CONVERT_HINT, MultiViewPipeline, load_poses
-
+def _inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``(mode, prompts)`` from the command line; checks the input files exist."""
     prompts = list(args.prompt)
     if args.prompts_file:
         if not os.path.isfile(args.prompts_file):
@@ -211,12 +209,50 @@ def generate(args: argparse.Namespace) -> int:
     if (mode == "t2mv") != bool(prompts):
         raise UsageError(f"--config {mode} does not fit the inputs given (prompts for t2mv, "
                          f"--image for i2mv)")
-    cfg, manifest = build_config(args, mode)
-    for path in args.image:  # input errors before any model loading
+    for path in args.image:
         if not os.path.isfile(path):
             raise UsageError(f"image file {path!r} does not exist")
+    return mode, prompts
+
+
+def pose_note(cams: np.ndarray, trained: tuple[float, float], known: bool) -> str | None:
+    """A note when the cameras ``cams`` [F, 4, 4] are not the orbit (elevation, distance)
+    ``trained`` that the models were trained for (``known``) / released with."""
+    elevation, distance = trained
+    ref = np.asarray(camera.orbit_cameras(len(cams), elevation, distance))
+    if np.allclose(cams, ref, atol=1e-3 * max(1.0, distance)):
+        return None
+    pos = cams[:, :3, 3]
+    r = np.linalg.norm(pos, axis=-1)
+    elev = np.degrees(np.arcsin(np.clip(pos[:, 2] / np.maximum(r, 1e-12), -1, 1)))
+    seen = (f"elevation {elev.min():.1f}..{elev.max():.1f} deg, distance {r.min():.3f}.."
+            f"{r.max():.3f}")
+    what = ("the models were trained only on" if known else "the released models were trained "
+            "on G-Objaverse orbits around")
+    return (f"the cameras used ({seen}) are not the orbit {what} (elevation {elevation:g} deg, "
+            f"distance {distance:g}, 24 views 15 deg apart): the model never saw such poses, so "
+            f"the views may not follow them")
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Text→MV / image→MV sampling with the packaged or converted checkpoints."""
+    from videomv_jax.pipeline import CONVERT_HINT, MultiViewPipeline, load_poses
+
+    mode, prompts = _inputs(args)
+    check_args(args, len(prompts) or len(args.image))
+    cfg, manifest, trained = build_config(args, mode)
     poses = load_poses(args.poses, cfg.num_frames) if args.poses else None
+    orbit = None
+    if poses is None or isinstance(poses, dict):
+        orbit = {"elevation_deg": float(dict(poses or {}).get("elevation", cfg.elevation)),
+                 "distance": float(dict(poses or {}).get("distance", cfg.distance))}
+        cams = np.asarray(camera.orbit_cameras(cfg.num_frames, orbit["elevation_deg"],
+                                               orbit["distance"]), np.float32)
+    else:
+        cams = np.asarray(poses, np.float32)
     default_model = manifest is not None
+    known_orbit = default_model or os.path.isfile(os.path.join(
+        cfg.checkpoint_dir, "sampling.json"))
     notes = []
     if default_model:
         from videomv_jax import tiny
@@ -234,8 +270,11 @@ def generate(args: argparse.Namespace) -> int:
                              f"training vocabulary, so they are ignored in effect: the default "
                              f"model only knows the 'shapes' world (colours "
                              f"{', '.join(PALETTE)}; shapes {shapes_words}; 'on', 'next to')")
-        for n in notes:
-            print(f"note: {n}", file=sys.stderr)
+    note = pose_note(cams, trained, known_orbit)
+    if note:
+        notes.append(note)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
     t0 = time.perf_counter()
     pipe = MultiViewPipeline.from_checkpoints(cfg.checkpoint_dir, cfg)
     load_s = time.perf_counter() - t0
@@ -245,10 +284,9 @@ def generate(args: argparse.Namespace) -> int:
               f"test weights): the outputs are NOT samples of a trained VideoMV model.",
               file=sys.stderr)
     if mode == "t2mv":
-        results = pipe.text_to_mv(prompts, cfg.seed, poses)
+        results = pipe.text_to_mv(prompts, cfg.seed, cams)
     else:
-        results = pipe.image_to_mv(args.image, cfg.seed, poses)
-    cams = pipe.cameras(poses)
+        results = pipe.image_to_mv(args.image, cfg.seed, cams)
     for i, r in enumerate(results):
         name = r.condition if mode == "t2mv" else os.path.splitext(os.path.basename(
             r.condition))[0]
@@ -260,10 +298,18 @@ def generate(args: argparse.Namespace) -> int:
             image_io.write_image(os.path.join(d, "views", f"{k:03d}.png"), frame)
         image_io.write_image(os.path.join(d, "grid.png"), image_io.image_grid(
             frames, cols=min(cfg.output.grid_cols, len(frames))))
-        video = image_io.write_video(os.path.join(d, "turntable.mp4"), frames, cfg.output.fps)
+        video = image_io.write_video(os.path.join(d, "views.mp4"), frames, cfg.output.fps)
         save_ply(os.path.join(d, "gaussians.ply"), r.gaussians)
-        outputs = {"views": "views/", "grid": "grid.png", "video": os.path.basename(video),
+        write_s = time.perf_counter() - t0
+        outputs = {"views": "views/", "grid": "grid.png", "views_video": os.path.basename(video),
                    "ply": "gaussians.ply", **write_mesh_outputs(args, r.gaussians, d)}
+        t0 = time.perf_counter()  # the asset turntable: the .ply rendered at the views' cameras
+        if cfg.output.get("asset_turntable", True):
+            asset = image_io.to_uint8(pipe.render_asset(r.gaussians, r.cameras))
+            outputs["asset_turntable"] = os.path.basename(image_io.write_video(
+                os.path.join(d, "turntable.mp4"), asset, cfg.output.fps))
+        render_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
         if r.plain_views is not None:  # the plain DDIM sample from the same noise
             plain = image_io.to_uint8(r.plain_views)
             os.makedirs(os.path.join(d, "views_plain"), exist_ok=True)
@@ -272,7 +318,8 @@ def generate(args: argparse.Namespace) -> int:
             image_io.write_image(os.path.join(d, "grid_plain.png"), image_io.image_grid(
                 plain, cols=min(cfg.output.grid_cols, len(plain))))
             outputs.update(views_plain="views_plain/", grid_plain="grid_plain.png")
-        timings = {**r.timings, "write_outputs_s": time.perf_counter() - t0}
+        timings = {**r.timings, "render_asset_s": render_s,
+                   "write_outputs_s": write_s + time.perf_counter() - t0}
         if i == 0:
             timings["load_checkpoints_s"] = load_s
         if default_model:
@@ -291,7 +338,12 @@ def generate(args: argparse.Namespace) -> int:
             "checkpoint_dir": pipe.checkpoint_dir,
             "sources": pipe.sources,
             "config": cfg.to_dict(),
-            "cameras_c2w_zup": np.asarray(cams).tolist() if args.poses else "orbit",
+            "cameras": {"orbit": orbit, "source": args.poses or "config orbit",
+                        "fovy_deg": float(cfg.sampler.fovy),
+                        "trained_orbit": {"elevation_deg": trained[0], "distance": trained[1]},
+                        "c2w_opengl_zup": np.asarray(r.cameras).round(6).tolist()},
+            "asset_frame": "gaussians.ply is in the views' world: z up, OpenGL cameras "
+                           "cameras.c2w_opengl_zup (turntable.mp4 renders it there)",
             "timings": timings,
             "timings_note": "the first sample's timings include JIT compilation",
             "rasterizer_overflow": r.overflow,
@@ -308,37 +360,25 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    compile_cache.cache_dir_from_args(args)
-    if args.prompt or args.prompts_file or args.image:
-        from videomv_jax.pipeline import PipelineError
-        try:
-            return generate(args)
-        except (UsageError, PipelineError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except ValueError as err:  # config validation (SamplerConfig etc.)
-            print(f"error: invalid configuration: {err}", file=sys.stderr)
-            return 2
+def render_only(args: argparse.Namespace) -> int:
+    """Render a ``.ply`` (or the procedural demo asset) around the orbit."""
     if args.set or args.checkpoint_dir or args.poses:
-        print("error: --set / --checkpoint-dir / --poses apply to generation (--prompt or "
-              "--image); render-only mode does not use them", file=sys.stderr)
-        return 2
+        raise UsageError("--set / --checkpoint-dir / --poses apply to generation (--prompt or "
+                         "--image); render-only mode does not use them")
+    check_args(args)
+    background = cli.parse_rgb(args.background, "--background")
     if args.elevation is None:
         args.elevation = camera.TEXT_TO_MV.elevation_deg
     if args.distance is None:
         args.distance = camera.TEXT_TO_MV.distance
-    if args.views < 1 or args.resolution < 1:
-        print("error: --views and --resolution must be positive", file=sys.stderr)
-        return 2
     timings = {}
     t0 = time.perf_counter()
     if args.ply:
         if not os.path.isfile(args.ply):
-            print(f"error: --ply {args.ply!r} does not exist", file=sys.stderr)
-            return 2
+            raise UsageError(f"--ply {args.ply!r} does not exist")
         gaussians, source = load_ply(args.ply), os.path.abspath(args.ply)
+        if gaussians.num_gaussians == 0:
+            raise UsageError(f"--ply {args.ply!r} holds no Gaussians (an empty vertex element)")
     else:
         print("note: render-only mode (no --prompt / --image): rendering a procedural demo asset "
               "(a red sphere on a blue box made of 16,384 Gaussians). No weights are involved; "
@@ -346,15 +386,16 @@ def main(argv=None) -> int:
         gaussians, source = sphere_on_box(), "procedural demo: sphere_on_box(16384, seed=0)"
     timings["load_asset_s"] = time.perf_counter() - t0
 
+    def render():
+        return render_orbit(gaussians, args.views, args.elevation, args.distance,
+                            args.resolution, args.fovy, background, args.raster_preset)
+
     t0 = time.perf_counter()
-    out = render_orbit(gaussians, args.views, args.elevation, args.distance, args.resolution,
-                       args.fovy, args.background, args.preset)
+    out = render()
     jax.block_until_ready(out.colors)
     timings["render_first_call_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    jax.block_until_ready(render_orbit(gaussians, args.views, args.elevation, args.distance,
-                                       args.resolution, args.fovy, args.background,
-                                       args.preset).colors)
+    jax.block_until_ready(render().colors)
     timings["render_compiled_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -370,17 +411,20 @@ def main(argv=None) -> int:
     mesh_outputs = write_mesh_outputs(args, gaussians, args.out)
     timings["write_outputs_s"] = time.perf_counter() - t0
 
+    c2w = camera.orbit_cameras(args.views, args.elevation, args.distance)
     record = {
         "mode": "render-only (no generative model involved)",
         "asset": source,
         "num_gaussians": int(gaussians.num_gaussians),
         "views": args.views, "resolution": args.resolution, "elevation_deg": args.elevation,
-        "distance": args.distance, "fovy_deg": args.fovy, "rasterizer_preset": args.preset,
-        "background": list(args.background),
+        "distance": args.distance, "fovy_deg": args.fovy, "rasterizer_preset": args.raster_preset,
+        "background": list(background),
+        "cameras": {"c2w_opengl_zup": np.asarray(c2w).round(6).tolist()},
         "intersections": int(out.info.intersections), "capacity": int(out.info.capacity),
         "timings": timings, "device": str(jax.devices()[0]),
-        "outputs": {"views": "views/", "grid": "grid.png", "video": os.path.basename(video),
-                    "ply": "asset.ply", **mesh_outputs},
+        "outputs": {"views": "views/", "grid": "grid.png",
+                    "asset_turntable": os.path.basename(video), "ply": "asset.ply",
+                    **mesh_outputs},
     }
     with open(os.path.join(args.out, "run.json"), "w") as f:
         json.dump(record, f, indent=2)
@@ -388,6 +432,30 @@ def main(argv=None) -> int:
           f"run.json to {args.out} (render {timings['render_compiled_s']:.2f} s compiled, "
           f"{timings['render_first_call_s']:.2f} s first call)")
     return 0
+
+
+def main(argv=None) -> int:
+    # JAX warns on every os.fork() (imageio-ffmpeg starts ffmpeg with subprocess): harmless
+    # here, the child runs ffmpeg and never touches JAX
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    args = parse_args(argv)
+    compile_cache.cache_dir_from_args(args)
+    from videomv_jax.pipeline import PipelineError
+    from videomv_jax.render.gaussians import PlyFormatError
+
+    try:
+        if args.prompt or args.prompts_file or args.image:
+            return generate(args)
+        return render_only(args)
+    except (UsageError, PipelineError, PlyFormatError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # config validation (SamplerConfig etc.)
+        print(f"error: invalid configuration: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. the disk filled up while writing
+        print(f"error: could not write the outputs: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

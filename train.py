@@ -2,8 +2,13 @@
 """Fine-tune VideoMV (stage 1: video UNet; stage 2 / plain: LGM) or train the small models of
 videomv-tiny from scratch.
 
-    python train.py --config t2mv --preset tiny --set data.path=DATA/videomv_shapes/... \\
+    python train.py --config t2mv --preset tiny --data DATA/videomv_shapes/... \\
         --workdir runs/t2mv-tiny --export runs/export
+
+The ``tiny`` presets run on a fresh clone: models they build on (the VAE of the UNet stages,
+the LGM the exported directory samples with) default to the packaged videomv-tiny ones.
+``--export DIR`` writes a complete directory that ``sample.py --checkpoint-dir DIR`` samples
+with, at the sampling settings the models were trained for (``DIR/sampling.json``).
 
 ``--config`` is ``t2mv``, ``i2mv``, ``recon``, ``vae`` or a path to a Python file with
 ``get_train_config(preset)``. ``--set key=value`` overrides dotted config keys (values parsed as
@@ -15,7 +20,6 @@ command; ``jax.distributed`` is initialised from the environment (see the README
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import importlib.util
 import logging
@@ -25,9 +29,9 @@ import sys
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = ("t2mv", "i2mv", "recon", "vae")
 
-
-class UsageError(ValueError):
-    pass
+sys.path.insert(0, ROOT)
+from videomv_jax import cli  # noqa: E402
+from videomv_jax.cli import UsageError, apply_overrides, make_parser  # noqa: E402
 
 
 def load_config_module(name: str):
@@ -45,43 +49,10 @@ def load_config_module(name: str):
     return mod
 
 
-def parse_value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def set_value(cfg, key: str, value) -> None:
-    node = cfg
-    parts = key.split(".")
-    for p in parts[:-1]:
-        if p not in node:
-            raise UsageError(f"--set {key}: no config section {p!r} (have {sorted(node.keys())})")
-        node = node[p]
-    leaf = parts[-1]
-    if leaf not in node:
-        raise UsageError(f"--set {key}: unknown key {leaf!r} (have {sorted(node.keys())})")
-    with node.unlocked() if hasattr(node, "unlocked") else _null():
-        node[leaf] = value
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def build_config(args: argparse.Namespace):
     mod = load_config_module(args.config)
     cfg = mod.get_train_config(args.preset)
-    for item in args.set:
-        if "=" not in item:
-            raise UsageError(f"--set needs KEY=VALUE, got {item!r}")
-        key, text = item.split("=", 1)
-        set_value(cfg, key.strip(), parse_value(text))
+    apply_overrides(cfg, args.set)
     if args.workdir:
         cfg.workdir = args.workdir
     if args.steps is not None:
@@ -92,14 +63,18 @@ def build_config(args: argparse.Namespace):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     p.add_argument("--config", required=True, help=f"one of {CONFIGS} or a config file")
-    p.add_argument("--preset", default="full", help="config preset (full | tiny)")
+    p.add_argument("--preset", default="full", choices=("full", "tiny"),
+                   help="config preset: full (released models, converted checkpoints) or tiny "
+                        "(videomv-tiny's small models, any machine)")
     p.add_argument("--workdir", help="run directory (overrides config.workdir)")
-    p.add_argument("--data", help="built data set folder (overrides config.data.path)")
+    p.add_argument("--data", help="built data set folder, e.g. from tools/make_shapes.py "
+                                  "(overrides config.data.path)")
     p.add_argument("--steps", type=int, help="total steps (overrides config.train.num_steps)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key (repeatable; values are Python literals, "
+                        "else strings); see --print-config for the keys")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--export", metavar="DIR",
                    help="after training, write the trained models as converted checkpoints")
@@ -117,7 +92,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = build_config(args)
-    except (UsageError, ValueError) as e:  # bad --config / --preset / --set
+        cli.check_output_dir(cfg.workdir, "--workdir")
+        if args.export:
+            cli.check_output_dir(args.export, "--export")
+    except (UsageError, ValueError) as e:  # bad --config / --preset / --set / folders
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.print_config:

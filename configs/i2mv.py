@@ -7,10 +7,12 @@ import ml_collections
 
 from configs.t2mv import base_config
 from configs.train_common import (
+    TINY_SAMPLING,
     TINY_UNET,
     TINY_VISION,
     base_train_config,
     model_entry,
+    packaged,
 )
 from videomv_jax.diffusion.sampler import SamplerConfig
 
@@ -64,9 +66,12 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
         # started from the tiny text UNet: only the image-conditioning layers start random
         c.models.unet = model_entry(config=dict(variant="image", image_embed_dim=64,
                                                 **TINY_UNET), seed=0,
-                                    init_from="runs/tiny/unet")
-        c.models.vae = model_entry(checkpoint="runs/tiny/vae")
-        c.models.text = model_entry(checkpoint="runs/tiny/clip_text")
+                                    init_from=packaged("unet"))
+        c.models.vae = model_entry(checkpoint=packaged("vae"))
+        c.models.text = model_entry(checkpoint=packaged("clip_text"))
+        c.export.update(dict(models=dict(lgm=packaged("lgm")), sampling=dict(
+            TINY_SAMPLING, recenter=False, sampler=dict(TINY_SAMPLING["sampler"],
+                                                        background=1.0))))
         c.models.vision = model_entry(config=TINY_VISION, seed=2)
         c.task.context_length = 32
         c.optim.update(learning_rate=3e-4, warmup_steps=100, decay_steps=1500,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.train_common import TINY_LGM, base_train_config, model_entry
+from configs.train_common import TINY_LGM, TINY_SAMPLING, base_train_config, model_entry, packaged
 
 
 def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
@@ -45,4 +45,8 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
         c.optim.update(learning_rate=4e-4, warmup_steps=100, decay_steps=1200,
                        final_lr_fraction=0.1, clip_grad_norm=1.0)
         c.train.update(num_steps=1200, checkpoint_every=250, log_every=25)
+        # the export samples text→MV with the packaged videomv-tiny UNet, VAE and text tower
+        c.export.update(dict(models=dict(unet=packaged("unet"), vae=packaged("vae"),
+                                         clip_text=packaged("clip_text")),
+                             sampling=TINY_SAMPLING))
     return c

@@ -10,10 +10,12 @@ from __future__ import annotations
 import ml_collections
 
 from configs.train_common import (
+    TINY_SAMPLING,
     TINY_TEXT,
     TINY_UNET,
     base_train_config,
     model_entry,
+    packaged,
 )
 from videomv_jax.diffusion.sampler import SamplerConfig
 
@@ -40,8 +42,9 @@ def base_config(mode: str, sampler: SamplerConfig) -> ml_collections.ConfigDict:
     d["progress"] = True
     d.pop("keep_trajectory")
     c.sampler = ml_collections.ConfigDict(d)
+    # asset_turntable: render gaussians.ply at the views' cameras into turntable.mp4
     c.output = ml_collections.ConfigDict(dict(fps=8, grid_cols=6, write_video=True,
-                                              write_ply=True))
+                                              write_ply=True, asset_turntable=True))
     # As released, also sample plain DDIM (no 3D-aware step) from the same noise.
     c.also_plain = False
     return c
@@ -63,8 +66,10 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
 
     ``full``: the released UNet (``models.unet.checkpoint``: a converted unet-t2v directory),
     frozen SD VAE and OpenCLIP text tower (converted directories), G-Objaverse at 256², batch 8,
-    bf16 compute with remat. ``tiny``: videomv-tiny on ``shapes`` at 64² from scratch (VAE from
-    ``configs/vae.py:tiny``'s export, text encoder trained jointly, a caption tokenizer)."""
+    bf16 compute with remat. ``tiny``: videomv-tiny on ``shapes`` at 64² from scratch (the
+    packaged videomv-tiny VAE, or ``configs/vae.py:tiny``'s export via ``--set
+    models.vae.checkpoint=DIR``; text encoder trained jointly, a caption tokenizer); its export
+    takes the packaged LGM, so it samples as it is."""
     c = base_train_config("unet", "text", preset)
     c.grad_scale = 0.5
     c.data.input = ml_collections.ConfigDict(dict(mode="t2mv", batch_size=8, resolution=256,
@@ -77,8 +82,9 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
     else:
         c.data.input.update(batch_size=4, resolution=64)
         c.models.unet = model_entry(config=dict(variant="text", **TINY_UNET), seed=0)
-        c.models.vae = model_entry(checkpoint="runs/tiny/vae")
+        c.models.vae = model_entry(checkpoint=packaged("vae"))
         c.models.text = model_entry(config=TINY_TEXT, seed=1)
+        c.export.update(dict(models=dict(lgm=packaged("lgm")), sampling=TINY_SAMPLING))
         c.tokenizer = "build"
         c.task = ml_collections.ConfigDict(dict(train_text_encoder=True, context_length=32))
         c.optim.update(learning_rate=4e-4, warmup_steps=100, decay_steps=5000,

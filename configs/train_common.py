@@ -53,7 +53,25 @@ def base_train_config(stage: str, variant: str, preset: str) -> ml_collections.C
     # stage 1: encode the data set once with the frozen VAE (single-process runs)
     c.pre_encode = False
     c.lpips = ml_collections.ConfigDict(dict(vgg16="", weights=""))
+    # what train.py --export writes beside the trained models so that the folder samples:
+    # ``models`` {subdir: converted folder} copied in (e.g. the LGM of a UNet run), and
+    # ``sampling`` the settings the models were trained for (``sampling.json``)
+    c.export = ml_collections.ConfigDict(dict(models={}, sampling={}))
     return c
+
+
+def packaged(name: str) -> str:
+    """A model folder of the packaged videomv-tiny (``videomv_jax/weights/videomv_tiny/``):
+    what the tiny presets build on, so that they run on a fresh clone."""
+    from videomv_jax.tiny import weights_dir
+
+    return str(weights_dir() / name)
+
+
+#: videomv-tiny's sampling settings (its manifest's ``modes``): 64² views on the shapes orbit
+TINY_SAMPLING = dict(resolution=64, elevation=15.0, distance=1.645,
+                     sampler=dict(num_steps=25, aware_steps=(10, 15, 20), guidance_scale=3.0,
+                                  render_size=64, capacity_per_scene=1_048_576))
 
 
 def model_entry(checkpoint: str = "", config: dict | None = None, seed: int = 0,

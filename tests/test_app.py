@@ -144,9 +144,10 @@ def test_viewer_copy_is_the_asset_turned_upright_for_3dgs_viewers():
                   opacities=rng.uniform(size=(n, 1)).astype(np.float32),
                   colors=rng.uniform(size=(n, 3)).astype(np.float32))
     v = viewer_gaussians(g)
-    flip = np.diag([1.0, -1.0, -1.0])  # 180° about x: y-up → y-down, up stays up on screen
+    # +90° about x: the z-up world into the y-down frame of 3DGS viewers (world up = −y)
+    flip = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]).T
     np.testing.assert_allclose(v.means, VIEWER_SCALE * g.means @ flip, rtol=1e-6)
-    want = VIEWER_SCALE**2 * flip @ np.asarray(covariance_3d(g.scales, g.rotations)) @ flip
+    want = VIEWER_SCALE**2 * flip.T @ np.asarray(covariance_3d(g.scales, g.rotations)) @ flip
     np.testing.assert_allclose(np.asarray(covariance_3d(v.scales, v.rotations)), want,
                                rtol=1e-4, atol=1e-7)
     np.testing.assert_array_equal(v.colors, g.colors)

@@ -149,6 +149,24 @@ COVERED = {("unet-t2v", "vgen"), ("unet-t2v", "diffusers"), ("unet-i2v", "vgen")
            ("clip-vision", "open_clip"), ("clip-vision", "hf"), ("lgm", "lgm"), ("lgm", "vgen")}
 
 
+def test_unreadable_source_files_are_named(tmp_path, capsys):
+    """An empty file and random bytes: one line naming the file and what is wrong (no bare
+    ``EOFError:``, no PyTorch advice about weights_only), exit code 2, nothing written."""
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    noise = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    cases = [(empty, "is empty (0 bytes)"), (tmp_path / "random.pth", "not a readable PyTorch"),
+             (tmp_path / "random.safetensors", "not a readable .safetensors")]
+    for path, _ in cases[1:]:
+        path.write_bytes(noise)
+    for path, message in cases:
+        assert cli.main(["vae", str(path), str(tmp_path / "out"), "--format", "ldm",
+                         "--config", "tiny", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message in err and str(path) in err and "weights_only" not in err, err
+        assert not (tmp_path / "out").exists()
+
+
 def test_every_registered_source_format_is_covered():
     assert {(k, f) for k, kind in KINDS.items() for f in kind.formats} == COVERED
 

@@ -190,6 +190,26 @@ def test_confidence_intervals():
         metrics.mean_ci([1.0, float("nan")])
 
 
+def test_small_samples_clip_intervals_warn_and_plot_readably(tmp_path):
+    """n = 2 SSIMs near 1: the t interval (t_{0.975,1} = 12.7) would pass 1; it is clipped to
+    SSIM's range and the report says the sample is small. n = 1: the axes keep a readable
+    span instead of zooming into ±1e-6 around the value."""
+    s = metrics.summarize([0.95, 0.75], "ref_ssim")
+    t975_1 = 12.706204736174698
+    assert abs(s["half_width"] - t975_1 * np.std([0.95, 0.75], ddof=1) / math.sqrt(2)) < 1e-9
+    assert s["clipped"] and s["high"] == 1.0 and s["low"] == 0.85 - s["half_width"]
+    assert s["small_n"] and s["low"] > -1.0
+    d = metrics.paired_ci([0.9, 0.1], [0.1, 0.9], metric="ref_ssim")  # diff within [-2, 2]
+    assert d["clipped"] and d["low"] == -2.0 and d["high"] == 2.0
+    lo, hi = report._axis_limits(24.0, 24.0, nonnegative=True)  # one sample: no interval
+    assert hi - lo >= 0.05 * 24.0 and lo < 24.0 < hi
+    records = [{"sample": f"s{i}", "variants": {"aware": {"metrics": {"ref_ssim": v}}}}
+               for i, v in enumerate((0.95, 0.75))]
+    report.write_report(str(tmp_path), records, "t", plot_backend="pil")
+    md = (tmp_path / "report.md").read_text()
+    assert "Few samples (n = 2 < 5)" in md and "0.8500 [" in md and ", 1.0000] (n=2)" in md
+
+
 # ---- consistency --------------------------------------------------------------------------------
 
 

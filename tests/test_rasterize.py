@@ -289,3 +289,51 @@ def test_gaussians_appear_where_the_opengl_cameras_say(preset):
         # a symmetric splat's alpha centroid is its centre up to the 3σ box cut (< 0.05 px)
         np.testing.assert_allclose(cx, u, atol=0.05)
         np.testing.assert_allclose(cy, v, atol=0.05)
+
+
+def test_degenerate_inputs_are_named_or_rendered_as_empty():
+    """An empty scene renders the background (eager and under jit); NaN and all-zero cameras are
+    errors, not a clean background; validate=True names non-finite Gaussians; NumPy ints work."""
+    g = hard_scene(14, n=60)
+    vm, ks = orbit(1)
+    bg = jnp.asarray(BACKGROUND)
+    empty = jax.tree.map(lambda a: a[:0], g)  # e.g. save_ply(min_opacity=...) kept nothing
+    for out in (R.rasterize(empty, vm, ks, WIDTH, HEIGHT, background=bg),
+                jax.jit(lambda e: R.rasterize(e, vm, ks, WIDTH, HEIGHT, background=bg,
+                                              capacity=64))(empty)):
+        np.testing.assert_array_equal(out.colors, jnp.broadcast_to(bg, out.colors.shape))
+        assert out.colors.shape == (1, HEIGHT, WIDTH, 3) and int(out.info.intersections) == 0
+    assert R.count_intersections(empty, vm, ks, WIDTH, HEIGHT) == 0
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        R.rasterize(g, vm.at[0, 0, 0].set(jnp.nan), ks, WIDTH, HEIGHT)
+    with pytest.raises(ValueError, match="degenerate"):
+        R.rasterize(g, jnp.zeros_like(vm).at[..., 3, 3].set(1.0), ks, WIDTH, HEIGHT)
+    with pytest.raises(ValueError, match="positive focal"):
+        R.rasterize(g, vm, ks.at[0, 0, 0].set(0.0), WIDTH, HEIGHT)
+    broken = g.replace(means=g.means.at[3, 1].set(jnp.inf).at[7, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match=r"non-finite Gaussians .*'means': 2"):
+        R.rasterize(broken, vm, ks, WIDTH, HEIGHT, validate=True)
+    plain = R.rasterize(g, vm, ks, WIDTH, HEIGHT, background=bg)
+    numpy_ints = R.rasterize(g, vm, ks, np.int64(WIDTH), np.int32(HEIGHT), background=bg)
+    np.testing.assert_array_equal(numpy_ints.colors, plain.colors)
+
+
+def test_overflow_gradients_are_nan_not_zero():
+    """Under capacity overflow the outputs are NaN, and so are the gradients (a training step
+    sees a non-finite gradient and is skipped, rather than a silent zero update)."""
+    g = hard_scene(15, n=60)
+    vm, ks = orbit(1)
+    small = R.count_intersections(g, vm, ks, WIDTH, HEIGHT) // 2
+
+    def loss(means, capacity):
+        out = R.rasterize(g.replace(means=means), vm, ks, WIDTH, HEIGHT, capacity=capacity)
+        return jnp.mean(out.colors ** 2)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    overflowed, fine = np.asarray(grad(g.means, small)), np.asarray(grad(g.means, 4 * small))
+    assert np.all(np.isfinite(fine))
+    # the Gaussians that were composited get NaN gradients; no gradient is a finite non-zero
+    # value (Gaussians culled, or dropped from the full buffer, get none either way)
+    visible = np.any(fine != 0, axis=-1)
+    assert visible.sum() > 10 and np.isnan(overflowed[visible]).all(-1).mean() > 0.5
+    assert np.all(np.isnan(overflowed) | (overflowed == 0))

@@ -36,7 +36,7 @@ def test_demo_writes_views_grid_video_ply_and_json(sample, tmp_path, capsys):
     assert (first[..., 0] > 150).any() and (first[..., 2] > 150).any() and (first == 255).any()
     assert iio.imread(out / "grid.png").shape == (48, 4 * 48, 3)
     record = json.loads((out / "run.json").read_text())
-    video = out / record["outputs"]["video"]
+    video = out / record["outputs"]["asset_turntable"]
     assert video.exists() and video.stat().st_size > 0
     assert record["views"] == 4 and record["intersections"] > 0
     assert record["capacity"] >= record["intersections"]
@@ -54,11 +54,76 @@ def test_ply_input_round_trips(sample, tmp_path):
     assert np.asarray(iio.imread(out / "views" / "001.png")).std() > 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--prompt", "a red cube", "--steps", "7"], "divide num_timesteps"),
-    (["--ply", "/nonexistent/file.ply"], "does not exist"),
-    (["--views", "0"], "must be positive"),
-])
-def test_bad_input_is_a_clear_error(sample, tmp_path, capsys, argv, message):
-    assert sample.main([*argv, "--out", str(tmp_path / "x")]) == 2
-    assert message in capsys.readouterr().err
+def _write(path, text):
+    path.write_text(text if isinstance(text, str) else json.dumps(text))
+    return str(path)
+
+
+def test_bad_input_fails_before_any_model_loads(sample, tmp_path, capsys, monkeypatch):
+    """Every bad argument is one clear line on stderr, exit code 2, nothing written, and is
+    found before a model is loaded (loading is made to fail loudly here)."""
+    from videomv_jax.pipeline import MultiViewPipeline
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(MultiViewPipeline, "from_checkpoints", no_loading)
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    nan_poses = np.tile(np.eye(4), (24, 1, 1))
+    nan_poses[:, 2, 3] = 2.0
+    nan_poses[3, 0, 0] = np.nan
+    zero_poses = np.zeros((24, 4, 4))
+    zero_poses[:, 3, 3] = 1.0
+    empty_ply = tmp_path / "empty.ply"
+    save_ply(empty_ply, sphere_on_box(16), min_opacity=2.0)  # filters every Gaussian out
+    out = str(tmp_path / "out")
+    gen = ["--prompt", "a red cube"]
+    cases = [
+        ([*gen, "--out", str(a_file)], "exists and is not a folder"),
+        ([*gen, "--out", str(a_file / "sub")], "is a file, not a folder"),
+        ([*gen, "--seed", "99999999999999999999"], "--seed must be an integer in [0, "),
+        ([*gen, "--seed", "-1"], "--seed must be an integer"),
+        ([*gen, "--steps", "7"], "divide num_timesteps"),
+        ([*gen, "--steps", "0"], "--steps must be >= 1"),
+        ([*gen, "--set", "nope=1"], "unknown config key 'nope'; valid keys:"),
+        ([*gen, "--set", "sampler.num_steps"], "--set needs KEY=VALUE"),
+        ([*gen, "--guidance", "nan"], "--guidance must be a finite number"),
+        ([*gen, "--elevation", "95"], "--elevation must be in (-90, 90)"),
+        ([*gen, "--distance", "0"], "--distance must be a finite positive number"),
+        ([*gen, "--poses", _write(tmp_path / "nan.json", nan_poses.tolist()).replace(
+            "NaN", "NaN")], "views [3] hold NaN or infinite values"),
+        ([*gen, "--poses", _write(tmp_path / "zero.json", zero_poses.tolist())],
+         "are not rotations"),
+        ([*gen, "--poses", _write(tmp_path / "orbit.json", {"distance": -1})],
+         "distance a finite positive number"),
+        ([*gen, "--image", "x.png"], "not both"),
+        (["--image", str(tmp_path / "missing.png")], "does not exist"),
+        (["--background", "1,2"], "--background must be R,G,B"),
+        (["--views", "0"], "--views must be positive"),
+        (["--fovy", "180"], "--fovy must be in (0, 180)"),
+        (["--ply", "/nonexistent/file.ply"], "does not exist"),
+        (["--ply", str(empty_ply)], "holds no Gaussians"),
+        (["--ply", str(a_file)], "not a PLY file"),
+        (["--set", "seed=3"], "apply to generation"),
+    ]
+    for argv, message in cases:
+        argv = argv if "--out" in argv else [*argv, "--out", out]
+        assert sample.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err and err[-1].startswith("error: ") and message in err[-1], (argv, err)
+        assert len([ln for ln in err if ln.startswith("error")]) == 1
+        assert not os.path.exists(out), argv  # nothing written
+    with pytest.raises(SystemExit) as exc:  # argparse's own errors: exit code 2 too
+        sample.main(["--preset", "inria"])
+    assert exc.value.code == 2
+
+
+def test_pose_note_says_when_the_model_never_saw_the_cameras(sample):
+    from videomv_jax.render.camera import orbit_cameras
+
+    trained = (15.0, 1.645)  # videomv-tiny's orbit
+    assert sample.pose_note(np.asarray(orbit_cameras(24, 15.0, 1.645)), trained, True) is None
+    note = sample.pose_note(np.asarray(orbit_cameras(24, 40.0, 1.645)), trained, True)
+    assert "elevation 40.0..40.0 deg" in note and "never saw such poses" in note
+    assert "elevation 15 deg, distance 1.645" in note

@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from videomv_jax import tiny
 
@@ -179,11 +180,31 @@ def test_sample_cli_default_model_text(tmp_path, capsys):
     assert sorted(os.listdir(d / "views")) == [f"{i:03d}.png" for i in range(24)]
     for name in ("grid.png", "gaussians.ply", "run.json"):
         assert (d / name).is_file()
-    assert (d / "turntable.mp4").is_file() or (d / "turntable.gif").is_file()
+    for video in ("views", "turntable"):
+        assert (d / f"{video}.mp4").is_file() or (d / f"{video}.gif").is_file()
     record = json.loads((d / "run.json").read_text())
     assert record["weights"].startswith("videomv-tiny")
     assert any("dragon" in n for n in record["notes"])
     assert record["config"]["resolution"] == 64 and record["config"]["sampler"]["num_steps"] == 4
+    # the .ply is in the views' world: rendered around the orbit the views were sampled at
+    # (what sample.py --ply does), it shows the generated object where the views show it;
+    # in LGM's y-up frame (the old .ply) the same render is far off
+    from videomv_jax.render.camera import lgm_frame_to_world
+    from videomv_jax.render.gaussians import load_ply, transform_gaussians
+    from videomv_jax.render.turntable import render_orbit
+
+    orbit = record["cameras"]["orbit"]
+    assert orbit == {"elevation_deg": 15.0, "distance": 1.645}  # videomv-tiny's orbit
+    views = np.stack([np.asarray(Image.open(d / "views" / f"{i:03d}.png")) / 255.0
+                      for i in range(24)])
+    asset = load_ply(d / "gaussians.ply")
+    back = np.linalg.inv(lgm_frame_to_world(record["cameras"]["c2w_opengl_zup"]))
+    psnr = {}
+    for name, g in (("world", asset), ("lgm_frame", transform_gaussians(asset, back))):
+        out = render_orbit(g, 24, orbit["elevation_deg"], orbit["distance"], 64,
+                           background=(0.5, 0.5, 0.5))
+        psnr[name] = -10 * np.log10(np.mean((np.clip(np.asarray(out.colors), 0, 1) - views) ** 2))
+    assert psnr["world"] > 18.0 and psnr["world"] > psnr["lgm_frame"] + 4.0, psnr
 
 
 def test_sample_cli_default_model_image(tmp_path):

@@ -436,7 +436,12 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
     assert ("train/loss", False) in tags and ("train/views", True) in tags, tags
     # bad input: a clear error, not a traceback
     assert cli.main(["--config", "vae", "--preset", "tiny", "--set", "train.nope=1"]) == 2
-    assert "unknown key 'nope'" in capsys.readouterr().err
+    assert "unknown config key 'train.nope'" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert cli.main(["--config", "vae", "--preset", "tiny", "--workdir",
+                     str(tmp_path / "a_file" / "run")]) == 2
+    assert "--workdir" in capsys.readouterr().err
+    assert not (tmp_path / "a_file").is_dir()
     assert cli.main(["--config", "vae", "--preset", "tiny", "--data", str(tmp_path)]) == 2
     assert "not a built data set" in capsys.readouterr().err
 
@@ -457,6 +462,46 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
         after = jax.tree.leaves(jax.device_get(nnx.state(getattr(tuned, part), nnx.Param)))
         equal = [np.array_equal(a, b) for a, b in zip(before, after, strict=True)]
         assert all(equal) if same else not all(equal), part
+
+
+def test_tiny_export_is_a_sampleable_folder(tmp_path):
+    """--export of the tiny text→MV run: beside the trained UNet and text tower it copies the
+    frozen VAE and the packaged LGM, and writes the sampling settings the models were trained
+    for, which sample.py --checkpoint-dir applies (64², DDIM 25, CFG 3, orbit 15° / 1.645 rather
+    than the released 256², 50, 9, 2.0); the pipeline loads the folder."""
+    import importlib.util
+    import shutil
+    import sys
+
+    sys.path.insert(0, ROOT)
+    from configs import t2mv
+    from videomv_jax import tiny
+    from videomv_jax.pipeline import MultiViewPipeline
+    from videomv_jax.train.run import _complete_export
+
+    cfg = t2mv.get_train_config("tiny")
+    assert os.path.isdir(cfg.models.vae.checkpoint)  # a fresh clone has it: the packaged VAE
+    export = tmp_path / "export"
+    written = []
+    for sub in ("unet", "clip_text"):  # stand-ins for what the run trained and exported
+        shutil.copytree(tiny.weights_dir() / sub, export / sub)
+        written.append(str(export / sub))
+    copied = _complete_export(cfg, str(export), written)
+    assert sorted(os.path.basename(c) for c in copied) == ["lgm", "vae"]
+    settings = json.loads((export / "sampling.json").read_text())["modes"]["t2mv"]
+    assert settings["resolution"] == 64 and settings["sampler.num_steps"] == 25
+
+    spec = importlib.util.spec_from_file_location("sample_cli", os.path.join(ROOT, "sample.py"))
+    sample = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample)
+    args = sample.parse_args(["--prompt", "a red cube", "--checkpoint-dir", str(export)])
+    scfg, manifest, trained = sample.build_config(args, "t2mv")
+    assert manifest is None and trained == (15.0, 1.645)
+    assert (scfg.resolution, scfg.sampler.num_steps, scfg.sampler.guidance_scale,
+            scfg.sampler.render_size, scfg.distance) == (64, 25, 3.0, 64, 1.645)
+    assert scfg.checkpoint_dir == str(export)
+    pipe = MultiViewPipeline.from_checkpoints(export, scfg)
+    assert pipe.random_weights == []
 
 
 # ---- stage-1 objective, checked by hand ---------------------------------------------------------

@@ -232,7 +232,7 @@ class DemoModel:
                       if not issubclass(w.category, DeprecationWarning)]
             stage("rendering the asset turntable")
             t0 = time.perf_counter()
-            turntable = render_asset_turntable(result.gaussians, pipe.cameras(None),
+            turntable = render_asset_turntable(result.gaussians, result.cameras,
                                                pipe.sampler_config())
             render_s = time.perf_counter() - t0
         stage("writing files")
@@ -382,25 +382,26 @@ _TURNTABLE_CAPACITY: dict[int, int] = {}  # frame size → the intersection buff
 
 def render_asset_turntable(gaussians: Any, cameras_c2w_zup: Any, sampler_config: Any,
                            size: int = TURNTABLE_SIZE) -> np.ndarray:
-    """The reconstructed asset rendered at the sample's 24 cameras (the frame LGM and the
-    3D-aware steps use), ``size``² on white → uint8 [F, size, size, 3]."""
+    """The asset (:attr:`SampleResult.gaussians`, in the views' z-up world) rendered at the
+    sample's cameras, ``size``² on white → uint8 [F, size, size, 3]."""
     import jax.numpy as jnp
 
     from videomv_jax.data.images import to_uint8
-    from videomv_jax.diffusion.sampler import sampler_geometry
+    from videomv_jax.render.camera import raster_cameras
     from videomv_jax.render.rasterize import count_intersections, rasterize
 
-    scfg = sampler_config.replace(render_size=size)
-    geometry = sampler_geometry(jnp.asarray(cameras_c2w_zup), scfg)
-    args = (gaussians, geometry.viewmats, geometry.intrinsics, size, size)
+    viewmats, ks = raster_cameras(jnp.asarray(cameras_c2w_zup, jnp.float32), size, size,
+                                  sampler_config.fovy)
+    args = (gaussians, viewmats, ks, size, size)
+    settings = sampler_config.raster_settings
     # The buffer only grows, by powers of two with 2x headroom: the warm-up's compilation
     # serves later requests (the rasterizer's own sizing follows each scene and recompiles).
-    needed = count_intersections(*args, settings=scfg.raster_settings)
+    needed = count_intersections(*args, settings=settings)
     capacity = _TURNTABLE_CAPACITY.get(size, 0)
     if needed > capacity:
         capacity = _TURNTABLE_CAPACITY[size] = 1 << (2 * max(needed, 1) - 1).bit_length()
-    out = rasterize(*args, background=jnp.ones((3,), jnp.float32),
-                    settings=scfg.raster_settings, capacity=capacity)
+    out = rasterize(*args, background=jnp.ones((3,), jnp.float32), settings=settings,
+                    capacity=capacity)
     return to_uint8(np.clip(np.asarray(out.colors), 0.0, 1.0))
 
 
@@ -409,13 +410,16 @@ VIEWER_SCALE = 1.5
 
 
 def viewer_gaussians(gaussians: Any, scale: float = VIEWER_SCALE) -> Any:
-    """The copy shown in the page's 3D viewer: LGM's y-up world turned 180° about x into the
-    y-down convention of 3DGS viewers (gsplat.js), so the asset stands upright, and scaled by
-    ``scale`` (the downloadable ``gaussians.ply`` keeps the pipeline's frame and size)."""
-    means = np.asarray(gaussians.means, np.float32) * np.float32([scale, -scale, -scale])
-    w, x, y, z = np.moveaxis(np.asarray(gaussians.rotations, np.float32), -1, 0)
-    rotations = np.stack([-x, w, -z, y], -1)  # (0, 1, 0, 0) ⊗ q: the same 180° turn
-    return gaussians.replace(means=means, rotations=rotations,
+    """The copy shown in the page's 3D viewer: the views' z-up world turned +90° about x,
+    ``(x, y, z) → (x, −z, y)``, into the y-down convention of 3DGS viewers (gsplat.js), so the
+    asset stands upright, and scaled by ``scale`` (the downloadable ``gaussians.ply`` keeps the
+    views' frame and size)."""
+    x, y, z = np.moveaxis(np.asarray(gaussians.means, np.float32), -1, 0)
+    means = scale * np.stack([x, -z, y], -1)
+    qw, qx, qy, qz = np.moveaxis(np.asarray(gaussians.rotations, np.float32), -1, 0)
+    half = np.float32(np.sqrt(0.5))  # (cos 45°, sin 45°, 0, 0) ⊗ q: the same turn
+    rotations = half * np.stack([qw - qx, qx + qw, qy - qz, qz + qy], -1)
+    return gaussians.replace(means=means.astype(np.float32), rotations=rotations,
                              scales=np.asarray(gaussians.scales, np.float32) * scale)
 
 

@@ -39,8 +39,9 @@ from videomv_jax.diffusion.sampler import (
 )
 from videomv_jax.model_store import load_converted, read_converted_config
 from videomv_jax.models.clip import PromptTruncatedWarning, load_tokenizer, preprocess, tokenize
-from videomv_jax.render.camera import orbit_cameras
-from videomv_jax.render.gaussians import Gaussians
+from videomv_jax.render.camera import lgm_frame_to_world, orbit_cameras, raster_cameras
+from videomv_jax.render.gaussians import Gaussians, transform_gaussians
+from videomv_jax.render.rasterize import get_settings, rasterize
 
 __all__ = ["MODES", "MultiViewPipeline", "PipelineError", "SampleResult", "load_image",
            "load_poses", "recenter"]
@@ -59,8 +60,10 @@ class PipelineError(ValueError):
 @dataclasses.dataclass
 class SampleResult:
     """One generated sample: ``views`` float [F, H, W, 3] in [0, 1]; ``gaussians`` the final LGM
-    reconstruction (numpy, no batch axis); ``timings`` seconds per stage (first calls include
-    compilation); ``overflow`` True when the rasteriser buffer overflowed at an aware step."""
+    reconstruction (numpy, no batch axis) in the views' z-up world (the frame of ``cameras``:
+    :func:`~videomv_jax.render.camera.lgm_frame_to_world` applied); ``timings`` seconds per
+    stage (first calls include compilation); ``overflow`` True when the rasteriser buffer
+    overflowed at an aware step."""
 
     views: np.ndarray
     gaussians: Gaussians
@@ -70,6 +73,10 @@ class SampleResult:
     condition: str
     plain_views: np.ndarray | None = None
     """With ``also_plain``: the plain DDIM sample from the same noise (no 3D-aware step)."""
+    cameras: np.ndarray | None = None
+    """[F, 4, 4] z-up OpenGL camera-to-world matrices of the views (what was sampled with)."""
+    lgm_gaussians: Gaussians | None = None
+    """The same reconstruction in LGM's normalised y-up frame (where the sampler renders it)."""
 
 
 # ---- inputs -------------------------------------------------------------------------------------
@@ -165,10 +172,15 @@ def load_poses(path: str | os.PathLike, num_frames: int) -> np.ndarray | dict[st
             raise PipelineError(f"pose file {path!r}: an orbit object takes keys 'elevation' "
                                 f"and 'distance', got {sorted(data)}")
         try:
-            return {k: float(v) for k, v in data.items()}
+            orbit = {k: float(v) for k, v in data.items()}
         except (TypeError, ValueError) as err:
             raise PipelineError(f"pose file {path!r}: elevation / distance must be numbers"
                                 ) from err
+        if not all(np.isfinite(v) for v in orbit.values()) or orbit.get("distance", 1.0) <= 0 \
+                or not -90.0 < orbit.get("elevation", 0.0) < 90.0:
+            raise PipelineError(f"pose file {path!r}: elevation must be a finite angle in (-90, "
+                                f"90) degrees and distance a finite positive number, got {data}")
+        return orbit
     if not isinstance(data, list):
         raise PipelineError(f"pose file {path!r} must hold a list of {num_frames} 4x4 matrices "
                             f"or an object {{'elevation': .., 'distance': ..}}")
@@ -179,12 +191,24 @@ def load_poses(path: str | os.PathLike, num_frames: int) -> np.ndarray | dict[st
         poses = np.asarray(data, np.float32)
     except (TypeError, ValueError) as err:
         raise PipelineError(f"pose file {path!r}: poses must be 4x4 number matrices") from err
-    if poses.shape != (num_frames, 4, 4) or not np.all(np.isfinite(poses)):
-        raise PipelineError(f"pose file {path!r}: expected {num_frames} finite 4x4 matrices, got "
-                            f"an array of shape {poses.shape}")
+    if poses.shape != (num_frames, 4, 4):
+        raise PipelineError(f"pose file {path!r}: expected {num_frames} 4x4 matrices, got an "
+                            f"array of shape {poses.shape}")
+    bad = np.flatnonzero(~np.all(np.isfinite(poses), axis=(1, 2)))
+    if bad.size:
+        raise PipelineError(f"pose file {path!r}: the matrices of views {bad.tolist()} hold "
+                            f"NaN or infinite values; every entry must be a finite number")
     if not np.allclose(poses[:, 3], [0, 0, 0, 1], atol=1e-4):
         raise PipelineError(f"pose file {path!r}: the last row of each matrix must be 0 0 0 1 "
                             f"(camera-to-world)")
+    rot = poses[:, :3, :3].astype(np.float64)
+    gram = np.einsum("fji,fjk->fik", rot, rot)
+    bad = np.flatnonzero(~np.all(np.isclose(gram, np.eye(3), atol=1e-3), axis=(1, 2))
+                         | (np.linalg.det(rot) < 0))
+    if bad.size:
+        raise PipelineError(f"pose file {path!r}: the 3x3 rotation blocks of views {bad.tolist()} "
+                            f"are not rotations (orthonormal, determinant +1); camera-to-world "
+                            f"matrices are [[R, t], [0, 0, 0, 1]]")
     return poses
 
 
@@ -391,6 +415,24 @@ class MultiViewPipeline:
         timings["lgm_s"] = time.perf_counter() - t0
         return views, gaussians, overflow, plain
 
+    def to_world(self, gaussians: Gaussians, cams: np.ndarray) -> Gaussians:
+        """LGM-frame Gaussians → the z-up world of ``cams`` (see :func:`lgm_frame_to_world`)."""
+        normalize = get_settings(self.sampler_config().raster_settings).normalize_quaternions
+        return transform_gaussians(gaussians, lgm_frame_to_world(cams), normalize)
+
+    def render_asset(self, gaussians: Gaussians, cams: np.ndarray,
+                     size: int | None = None) -> np.ndarray:
+        """Render world-frame Gaussians (:attr:`SampleResult.gaussians`) at the z-up cameras
+        ``cams`` [F, 4, 4] → float RGB [F, size, size, 3] in [0, 1] on the sampler's background
+        (``size`` default: the views' resolution). Same rasteriser settings as the sampler."""
+        scfg = self.sampler_config()
+        size = int(self.config.resolution if size is None else size)
+        viewmats, ks = raster_cameras(jnp.asarray(cams, jnp.float32), size, size, scfg.fovy)
+        bg = jnp.broadcast_to(jnp.asarray(scfg.background, jnp.float32), (3,))
+        out = rasterize(jax.tree.map(jnp.asarray, gaussians), viewmats, ks, size, size,
+                        background=bg, settings=scfg.raster_settings)
+        return np.clip(np.asarray(out.colors), 0.0, 1.0)
+
     # -- public entry points ----------------------------------------------------------------------
 
     def text_to_mv(self, prompts: Sequence[str], seed: int | None = None,
@@ -411,7 +453,8 @@ class MultiViewPipeline:
             timings["text_encode_s"] = time.perf_counter() - t0
             cond, uncond = text_conditions(ctx[:1], ctx[1:])
             views, g, over, plain = self._generate(cond, uncond, cams, seed + i, timings)
-            results.append(SampleResult(views, g, timings, over, seed + i, prompt, plain))
+            results.append(SampleResult(views, self.to_world(g, cams), timings, over, seed + i,
+                                        prompt, plain, np.asarray(cams), g))
         return results
 
     def image_to_mv(self, images: Sequence[str | np.ndarray], seed: int | None = None,
@@ -448,5 +491,6 @@ class MultiViewPipeline:
             timings["condition_encode_s"] = time.perf_counter() - t0
             cond, uncond = image_conditions(ctx[:1], ctx[1:], z, emb, c.fps_cond)
             views, g, over, plain = self._generate(cond, uncond, cams, seed + i, timings)
-            results.append(SampleResult(views, g, timings, over, seed + i, name, plain))
+            results.append(SampleResult(views, self.to_world(g, cams), timings, over, seed + i,
+                                        name, plain, np.asarray(cams), g))
         return results

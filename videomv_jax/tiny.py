@@ -23,6 +23,8 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_SHA256",
     "TinyWeightsError",
+    "SAMPLING_FILE",
+    "apply_directory_settings",
     "apply_sampling_defaults",
     "caption_words",
     "hash_tree",
@@ -140,6 +142,31 @@ def apply_sampling_defaults(cfg: Any, mode: str, root: str | os.PathLike | None 
     for key, value in modes[mode].items():
         old = config_path.get_value(key, cfg)
         config_path.set_value(key, cfg, tuple(value) if isinstance(old, tuple) else value)
+
+
+SAMPLING_FILE = "sampling.json"
+"""Written by ``train.py --export``: ``{"modes": {mode: {dotted key: value}}, ...}``, the sampling
+settings the exported models were trained for (the same layout as the manifest's ``modes``)."""
+
+
+def apply_directory_settings(cfg: Any, mode: str, directory: str | os.PathLike) -> bool:
+    """When ``directory`` (a ``--checkpoint-dir``) holds :data:`SAMPLING_FILE` (a ``train.py
+    --export`` folder) or a videomv-tiny ``manifest.json``, apply its ``mode`` settings to
+    ``cfg`` as :func:`apply_sampling_defaults` does and return True; else leave ``cfg`` (the
+    released full-size settings) and return False."""
+    root = Path(directory)
+    for name in (SAMPLING_FILE, MANIFEST):
+        path = root / name
+        if path.is_file():
+            try:
+                settings = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise TinyWeightsError(f"{str(path)!r} is not valid JSON: {err}") from err
+            if mode not in settings.get("modes", {}):
+                return False
+            apply_sampling_defaults(cfg, mode, root, settings)
+            return True
+    return False
 
 
 def use_default_model(cfg: Any, mode: str) -> dict[str, Any]:

@@ -177,22 +177,52 @@ def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+class CheckpointReadError(ValueError):
+    """A source checkpoint file that cannot be read (empty, truncated, not a checkpoint)."""
+
+
+def _first_line(err: BaseException) -> str:
+    """The gist of a reader's error: its type and first line, without PyTorch's advice about
+    ``weights_only`` (which is about trusted pickles, not damaged files)."""
+    text = str(err).strip()
+    for marker in ("Weights only load failed", "Re-running `torch.load`", "(1) In PyTorch"):
+        if marker in text and text.index(marker) > 0:
+            text = text[:text.index(marker)].strip()
+    line = text.splitlines()[0].strip() if text else ""
+    if "Weights only load failed" in line:
+        line = "not a plain tensor state dict"
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__ + ", no message"
+
+
 def load_source_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a PyTorch ``.pth``/``.bin``/``.ckpt`` (needs torch) or ``.safetensors`` (no torch)
     state dict as numpy arrays; a ``{'state_dict': ...}`` wrapper is unwrapped."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise CheckpointReadError(f"checkpoint {path!r} is empty (0 bytes): the download or copy "
+                                  f"did not finish; fetch the file again")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
-        return dict(load_file(path))
+        try:
+            return dict(load_file(path))
+        except Exception as err:  # safetensors raises its own error types on a damaged header
+            raise CheckpointReadError(f"checkpoint {path!r} is not a readable .safetensors file "
+                                      f"({_first_line(err)}); the file is damaged or truncated: "
+                                      f"fetch it again") from err
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(f"reading {path!r} needs PyTorch: pip install 'videomv-jax[torch]'"
                           ) from err
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip / pickle / EOF errors: PyTorch's advice does not apply here
+        raise CheckpointReadError(f"checkpoint {path!r} is not a readable PyTorch checkpoint "
+                                  f"({_first_line(err)}): the file is damaged, truncated or not "
+                                  f"a .pth/.bin/.ckpt state dict; fetch it again") from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"],
                                                                        Mapping):
         obj = obj["state_dict"]
@@ -303,11 +333,16 @@ def _torch_lazy(path: str) -> dict[str, LazyTensor]:
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        mapped = True
-    except RuntimeError:  # legacy serialisation cannot be memory-mapped
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        mapped = False
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            mapped = True
+        except RuntimeError:  # legacy serialisation cannot be memory-mapped
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            mapped = False
+    except Exception as err:  # zip / pickle / EOF errors: PyTorch's advice does not apply here
+        raise CheckpointReadError(f"checkpoint {path!r} is not a readable PyTorch checkpoint "
+                                  f"({_first_line(err)}): the file is damaged, truncated or not "
+                                  f"a .pth/.bin/.ckpt state dict; fetch it again") from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"],
                                                                        Mapping):
         obj = obj["state_dict"]
@@ -343,8 +378,18 @@ def open_source_checkpoint(path: str | os.PathLike) -> dict[str, LazyTensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise CheckpointReadError(f"checkpoint {path!r} is empty (0 bytes): the download or copy "
+                                  f"did not finish; fetch the file again")
     if path.endswith(".safetensors"):
-        return _safetensors_lazy(path)
+        try:
+            return _safetensors_lazy(path)
+        except (CheckpointReadError, FileNotFoundError):
+            raise
+        except Exception as err:  # a damaged header: json / struct / unicode errors
+            raise CheckpointReadError(f"checkpoint {path!r} is not a readable .safetensors file "
+                                      f"({_first_line(err)}); the file is damaged or truncated: "
+                                      f"fetch it again") from err
     try:
         import torch  # noqa: F401
     except ImportError as err:  # pragma: no cover - depends on the environment

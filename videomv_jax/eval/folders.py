@@ -10,7 +10,8 @@ Layouts (detected by :func:`detect_layout`):
 
 ``sample``
     One sample folder written by ``sample.py``: ``views/000.png …``, optionally
-    ``views_plain/`` (``--also-plain``), and ``run.json`` (cameras: ``cameras_c2w_zup`` when
+    ``views_plain/`` (``--also-plain``), and ``run.json`` (cameras: ``cameras.c2w_opengl_zup``,
+    the cameras used, or in older records ``cameras_c2w_zup`` when
     explicit, else the orbit ``config.elevation`` / ``config.distance`` over ``num_frames``
     views; ``config.sampler.fovy``). Variants: ``"aware"`` (``views/``, when the config has
     3D-aware steps, else ``"plain"``) and ``"plain"`` (``views_plain/``). Render-only runs
@@ -251,9 +252,11 @@ def _load_sample(path: str, name: str, bg: list[float], resolution: int | None) 
         fovy = float(rec.get("fovy_deg", DEFAULT_FOVY_DEG))
         elev, dist = rec.get("elevation_deg"), rec.get("distance")
         aware = False
-    cams = rec.get("cameras_c2w_zup")
+    cams = rec.get("cameras_c2w_zup")  # older sample.py records
+    if isinstance(rec.get("cameras"), dict):  # the cameras actually used
+        cams = rec["cameras"].get("c2w_opengl_zup", cams)
     if isinstance(cams, list):
-        c2w = np.stack([_mat4(m, f"{path}/run.json cameras_c2w_zup") for m in cams])
+        c2w = np.stack([_mat4(m, f"{path}/run.json cameras") for m in cams])
     elif elev is not None and dist is not None:
         c2w = np.asarray(orbit_cameras(num, float(elev), float(dist)), np.float64)
     else:

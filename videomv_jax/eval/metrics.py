@@ -38,6 +38,8 @@ from jax import lax
 __all__ = [
     "LPIPSFn",
     "PSNR_CAP_DB",
+    "SMALL_N",
+    "metric_range",
     "SSIM_K1",
     "SSIM_K2",
     "SSIM_SIGMA",
@@ -219,15 +221,19 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> d
 
 
 def paired_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
-              confidence: float = 0.95) -> dict[str, Any]:
+              confidence: float = 0.95, metric: str = "") -> dict[str, Any]:
     """CI of the mean paired difference ``a - b`` (same samples, e.g. the same noise) plus the
-    two-sided paired t-test ``p_value`` (``None`` when undefined: n < 2 or zero variance)."""
+    two-sided paired t-test ``p_value`` (``None`` when undefined: n < 2 or zero variance).
+    With ``metric``, ``low`` / ``high`` are clipped to the differences its range allows."""
     a = _as_values(a, "a")
     b = _as_values(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"paired_ci needs equally many values, got {a.size} and {b.size}")
     d = a - b
-    out = mean_ci(d, confidence)
+    lo, hi = metric_range(metric)
+    span = None if lo is None or hi is None else hi - lo
+    out = _clip_interval(mean_ci(d, confidence), None if span is None else -span, span)
+    out["small_n"] = d.size < SMALL_N
     out["p_value"] = None
     if out["std"]:
         from scipy import stats
@@ -249,15 +255,47 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95,
             "confidence": confidence, "num_resamples": num_resamples, "seed": seed}
 
 
+SMALL_N = 5
+"""Below this many samples a Student-t interval is very wide (t_{0.975, 1} = 12.7): reports
+warn, and intervals are clipped to the metric's range (:func:`metric_range`)."""
+
+
+def metric_range(metric: str) -> tuple[float | None, float | None]:
+    """The values a metric can take: PSNR [0, :data:`PSNR_CAP_DB`] dB (as capped), SSIM
+    [-1, 1], LPIPS [0, ∞); ``(None, None)`` for other names."""
+    if "psnr" in metric:
+        return 0.0, PSNR_CAP_DB
+    if "ssim" in metric:
+        return -1.0, 1.0
+    if "lpips" in metric:
+        return 0.0, None
+    return None, None
+
+
+def _clip_interval(out: dict[str, Any], lo: float | None, hi: float | None) -> dict[str, Any]:
+    """Clip ``low`` / ``high`` to ``[lo, hi]``; ``clipped`` says whether that changed them."""
+    out["clipped"] = False
+    if out["low"] is None:
+        return out
+    if lo is not None and out["low"] < lo:
+        out["low"], out["clipped"] = lo, True
+    if hi is not None and out["high"] > hi:
+        out["high"], out["clipped"] = hi, True
+    return out
+
+
 def summarize(values: Sequence[float] | np.ndarray, metric: str = "",
               confidence: float = 0.95) -> dict[str, Any]:
     """:func:`mean_ci` after capping PSNR-like values at :data:`PSNR_CAP_DB` (``metric``
-    containing ``"psnr"``); ``n_capped`` counts the capped (e.g. infinite) values."""
+    containing ``"psnr"``); ``n_capped`` counts the capped (e.g. infinite) values. ``low`` /
+    ``high`` are clipped to :func:`metric_range` (``clipped``; ``half_width`` keeps the
+    symmetric t half-width); ``small_n`` is True below :data:`SMALL_N` samples."""
     v = _as_values(values)
     n_capped = 0
     if "psnr" in metric:
         n_capped = int(np.sum(v > PSNR_CAP_DB))
         v = np.minimum(v, PSNR_CAP_DB)
-    out = mean_ci(v, confidence)
+    out = _clip_interval(mean_ci(v, confidence), *metric_range(metric))
     out["n_capped"] = n_capped
+    out["small_n"] = v.size < SMALL_N
     return out

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from videomv_jax.eval.metrics import PSNR_CAP_DB, paired_ci, summarize
+from videomv_jax.eval.metrics import PSNR_CAP_DB, SMALL_N, paired_ci, summarize
 
 __all__ = ["METRICS", "PAIR", "aggregate", "aggregate_groups", "compare_records",
            "compare_table", "load_records", "markdown_table", "write_comparison",
@@ -113,7 +113,7 @@ def aggregate(records: Sequence[Mapping], confidence: float = 0.95) -> dict[str,
                 continue
             a = _capped(np.asarray([p[0] for p in pairs], np.float64), m)
             b = _capped(np.asarray([p[1] for p in pairs], np.float64), m)
-            out["paired"][m] = paired_ci(a, b, confidence)
+            out["paired"][m] = paired_ci(a, b, confidence, m)
     return out
 
 
@@ -143,6 +143,9 @@ def _fmt_summary(s: Mapping | None, metric: str) -> str:
     if s["half_width"] is None:
         return f"{_fmt(s['mean'], metric)} (n={s['n']})"
     capped = f", {s['n_capped']} capped" if s.get("n_capped") else ""
+    if s.get("clipped"):  # the t interval leaves the metric's range: show the clipped bounds
+        return (f"{_fmt(s['mean'], metric)} [{_fmt(s['low'], metric)}, "
+                f"{_fmt(s['high'], metric)}] (n={s['n']}{capped})")
     return f"{_fmt(s['mean'], metric)} ± {_fmt(s['half_width'], metric)} (n={s['n']}{capped})"
 
 
@@ -207,23 +210,42 @@ def _dump(path: str, obj: Any) -> None:
 # ---- plots --------------------------------------------------------------------------------------
 
 
-def _plot_data(agg: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, float, float]]]]:
-    """[(metric label, [(variant, mean, half_width or 0)])] for metrics with values."""
+def _errs(s: Mapping[str, Any]) -> tuple[float, float]:
+    """(below, above) the mean: the interval as clipped to the metric's range, or 0, 0."""
+    if s.get("low") is None:
+        return 0.0, 0.0
+    return max(0.0, float(s["mean"] - s["low"])), max(0.0, float(s["high"] - s["mean"]))
+
+
+def _plot_data(agg: Mapping[str, Any]
+               ) -> list[tuple[str, list[tuple[str, float, float, float]]]]:
+    """[(metric label, [(variant, mean, error below, error above)])] for metrics with
+    values (errors from the clipped interval, 0 without one)."""
     panels = []
     for m in agg["metrics"]:
         bars = []
         for v in agg["variant_names"]:
             s = agg["variants"][v][m]
             if s is not None:
-                bars.append((v, float(s["mean"]), float(s["half_width"] or 0.0)))
+                bars.append((v, float(s["mean"]), *_errs(s)))
         if bars:
             panels.append((_label(m), bars))
     return panels
 
 
-def _paired_data(agg: Mapping[str, Any]) -> list[tuple[str, float, float]]:
-    return [(_label(m), float(d["mean"]), float(d["half_width"] or 0.0))
+def _paired_data(agg: Mapping[str, Any]) -> list[tuple[str, float, float, float]]:
+    return [(_label(m), float(d["mean"]), *_errs(d))
             for m, d in agg["paired"].items() if d is not None]
+
+
+def _axis_limits(lo: float, hi: float, nonnegative: bool = False) -> tuple[float, float]:
+    """Axis limits around ``[lo, hi]`` with a readable minimum span (5 % of the magnitude, at
+    least 0.01), so one sample or identical values do not zoom into rounding noise."""
+    span = max(hi - lo, 0.05 * max(abs(lo), abs(hi)), 0.01)
+    mid = 0.5 * (lo + hi)
+    lo, hi = min(lo, mid - 0.5 * span), max(hi, mid + 0.5 * span)
+    pad = 0.15 * (hi - lo)
+    return (max(0.0, lo - pad) if nonnegative and lo >= 0 else lo - pad), hi + pad
 
 
 def _have_matplotlib() -> bool:
@@ -248,13 +270,13 @@ def _plots_matplotlib(out_dir: str, agg, per_view, title: str) -> list[str]:
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
         for ax, (label, bars) in zip(axes.flat, panels, strict=False):
             names = [b[0] for b in bars]
-            ax.bar(names, [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=5,
+            ax.bar(names, [b[1] for b in bars], yerr=[[b[2] for b in bars],
+                                                       [b[3] for b in bars]], capsize=5,
                    color=["tab:blue", "tab:orange", "tab:green", "tab:red"][:len(bars)])
             ax.set_title(label, fontsize=9)
             lo = min(b[1] - b[2] for b in bars)
-            hi = max(b[1] + b[2] for b in bars)
-            pad = 0.15 * (hi - lo) + 1e-6
-            ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+            hi = max(b[1] + b[3] for b in bars)
+            ax.set_ylim(*_axis_limits(lo, hi, nonnegative=True))
         for ax in list(axes.flat)[len(panels):]:
             ax.axis("off")
         conf = int(round(agg["confidence"] * 100))
@@ -268,10 +290,10 @@ def _plots_matplotlib(out_dir: str, agg, per_view, title: str) -> list[str]:
     if paired:  # one panel per metric: units differ (dB, SSIM, LPIPS)
         fig, axes = plt.subplots(len(paired), 1, figsize=(6, 1.1 * len(paired) + 0.8),
                                  squeeze=False)
-        for ax, (label, mean, hw) in zip(axes.flat, paired, strict=True):
-            ax.errorbar([mean], [0], xerr=[hw], fmt="o", capsize=5)
+        for ax, (label, mean, below, above) in zip(axes.flat, paired, strict=True):
+            ax.errorbar([mean], [0], xerr=[[below], [above]], fmt="o", capsize=5)
             ax.axvline(0.0, color="grey", lw=1)
-            span = max(abs(mean) + hw, 1e-6) * 1.2
+            span = max(abs(mean) + max(below, above), 0.01) * 1.2
             ax.set_xlim(-span, span)
             ax.set_yticks([])
             ax.set_title(label, fontsize=8)
@@ -317,18 +339,18 @@ def _plots_pil(out_dir: str, agg, per_view, title: str) -> list[str]:
             r, c = divmod(i, cols)
             x0, y0 = c * pw, 20 + r * ph
             draw.text((x0 + 5, y0 + 2), label, fill="black")
-            hi = max(b[1] + b[2] for b in bars)
+            hi = max(b[1] + b[3] for b in bars)
             lo = min(0.0, min(b[1] - b[2] for b in bars))
-            scale = (ph - 50) / max(hi - lo, 1e-9)
+            scale = (ph - 50) / max(hi - lo, 0.01)
             base = y0 + ph - 20 - (0 - lo) * scale
             bw = (pw - 40) // max(len(bars), 1)
-            for j, (name, mean, hw) in enumerate(bars):
+            for j, (name, mean, below, above) in enumerate(bars):
                 bx = x0 + 20 + j * bw
                 top = base - mean * scale
                 draw.rectangle([bx + 5, min(top, base), bx + bw - 5, max(top, base)],
                                fill=colors[j % len(colors)])
                 cx = bx + bw // 2
-                draw.line([cx, base - (mean - hw) * scale, cx, base - (mean + hw) * scale],
+                draw.line([cx, base - (mean - below) * scale, cx, base - (mean + above) * scale],
                           fill="black", width=2)
                 draw.text((bx + 5, y0 + ph - 16), f"{name} {mean:.3g}", fill="black")
         path = os.path.join(out_dir, "metrics.png")
@@ -342,12 +364,13 @@ def _plots_pil(out_dir: str, agg, per_view, title: str) -> list[str]:
         draw.text((5, 3), f"{PAIR[0]} - {PAIR[1]} (paired, 95% CI)", fill="black")
         mid, half = 3 * w // 4, w // 4 - 10
         draw.line([mid, 20, mid, img.height], fill=(150, 150, 150))
-        for i, (label, mean, hw) in enumerate(paired):  # each row on its own scale
+        for i, (label, mean, below, above) in enumerate(paired):  # each row on its own scale
             y = 30 + i * rh + rh // 2
-            draw.text((5, y - 5), f"{label}: {mean:+.3g} ± {hw:.2g}", fill="black")
-            span = max(abs(mean) + hw, 1e-9)
+            draw.text((5, y - 5), f"{label}: {mean:+.3g} (-{below:.2g} / +{above:.2g})",
+                      fill="black")
+            span = max(abs(mean) + max(below, above), 0.01)
             to_x = lambda v, s=span: mid + v / s * half  # noqa: E731
-            draw.line([to_x(mean - hw), y, to_x(mean + hw), y], fill="black", width=2)
+            draw.line([to_x(mean - below), y, to_x(mean + above), y], fill="black", width=2)
             draw.ellipse([to_x(mean) - 4, y - 4, to_x(mean) + 4, y + 4], fill=colors[0])
         path = os.path.join(out_dir, "paired.png")
         img.save(path)
@@ -444,6 +467,12 @@ def write_report(out_dir: str, records: Sequence[Mapping], title: str = "Evaluat
     if agg["paired"]:
         text += (f" Paired differences are per sample ({PAIR[0]} − {PAIR[1]}, same noise) "
                  f"with the paired t-test p-value.")
+    n_min = min((v["n"] for var in agg["variants"].values() for v in var.values() if v),
+                default=len(records))
+    if n_min < SMALL_N:
+        text += (f" **Few samples (n = {n_min} < {SMALL_N})**: the intervals are very wide "
+                 f"(or, for n = 1, absent); read the means as indications, not measurements. "
+                 f"Intervals are clipped to each metric's possible range (shown as [low, high]).")
     lines.append(text)
     lines.append("")
     for p in plots:
@@ -536,7 +565,7 @@ def compare_records(records_a: Sequence[Mapping], records_b: Sequence[Mapping],
                 b = _capped(np.asarray([q[1] for q in pairs], np.float64), m)
                 higher = METRICS.get(m, ("", True))[1]
                 out[var][m] = {"a": summarize(a, m, confidence), "b": summarize(b, m, confidence),
-                               "diff": paired_ci(b, a, confidence),
+                               "diff": paired_ci(b, a, confidence, m),
                                "b_better": int(np.sum(b > a if higher else b < a)),
                                "n": len(pairs)}
         return out

@@ -69,6 +69,7 @@ __all__ = [
     "intrinsics_from_fovy",
     "look_at",
     "normalize_poses",
+    "lgm_frame_to_world",
     "opencv_to_opengl",
     "opengl_to_opencv",
     "orbit_cameras",
@@ -338,6 +339,21 @@ def normalize_poses(c2w_opengl_zup: Any, radius: Any = None) -> jax.Array:
     shift = _assemble(eye3, jnp.stack([zeros, zeros, r], axis=-1))
     transform = shift @ _rigid_inverse(first)
     return transform[..., None, :, :] @ poses
+
+
+def lgm_frame_to_world(c2w_opengl_zup: Any, radius: Any = None) -> np.ndarray:
+    """The rigid 4×4 matrix that takes points from LGM's normalised y-up frame
+    (:func:`normalize_poses` of these cameras) back to the z-up world of the cameras
+    ``[V, 4, 4]``: ``c2w[0] @ inverse(normalize_poses(c2w)[0])``. Gaussians that LGM predicts
+    from these views, moved by it, sit in the views' world (upright, as the orbit sees them)."""
+    c2w = np.asarray(_check_mat4("c2w_opengl_zup", c2w_opengl_zup), np.float64)
+    if c2w.ndim != 3:
+        raise ValueError(f"c2w_opengl_zup must have shape [V, 4, 4], got {c2w.shape}")
+    first = np.asarray(normalize_poses(jnp.asarray(c2w[:1]), radius), np.float64)[0]
+    inv = np.eye(4)
+    inv[:3, :3] = first[:3, :3].T
+    inv[:3, 3] = -first[:3, :3].T @ first[:3, 3]
+    return c2w[0] @ inv
 
 
 # --------------------------------------------------------------------------------------------

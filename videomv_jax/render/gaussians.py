@@ -19,7 +19,7 @@ Leading axes ``...`` are scene batch axes; they are shared by every field.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +71,82 @@ class Gaussians:
 
     def astype(self, dtype) -> Gaussians:
         return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), self)
+
+
+def rotation_to_quaternion(rot: np.ndarray) -> np.ndarray:
+    """Unit quaternions ``(w, x, y, z)`` [..., 4] of rotation matrices [..., 3, 3] (Shepperd's
+    method: the largest of w², x², y², z² is taken first, so it is stable for every angle)."""
+    r = np.asarray(rot, np.float64)
+    m00, m11, m22 = r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]
+    cands = np.stack([
+        np.stack([1 + m00 + m11 + m22, r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0],
+                  r[..., 1, 0] - r[..., 0, 1]], -1),
+        np.stack([r[..., 2, 1] - r[..., 1, 2], 1 + m00 - m11 - m22, r[..., 0, 1] + r[..., 1, 0],
+                  r[..., 0, 2] + r[..., 2, 0]], -1),
+        np.stack([r[..., 0, 2] - r[..., 2, 0], r[..., 0, 1] + r[..., 1, 0], 1 - m00 + m11 - m22,
+                  r[..., 1, 2] + r[..., 2, 1]], -1),
+        np.stack([r[..., 1, 0] - r[..., 0, 1], r[..., 0, 2] + r[..., 2, 0],
+                  r[..., 1, 2] + r[..., 2, 1], 1 - m00 - m11 + m22], -1),
+    ], -2)  # row k: 4·q_k·q
+    k = np.argmax(np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22,
+                            1 - m00 - m11 + m22], -1), axis=-1)
+    q = np.take_along_axis(cands, k[..., None, None], axis=-2)[..., 0, :]
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    return np.where(q[..., :1] < 0, -q, q)
+
+
+def _quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    aw, ax, ay, az = np.moveaxis(a, -1, 0)
+    bw, bx, by, bz = np.moveaxis(b, -1, 0)
+    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
+                     aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw], -1)
+
+
+def transform_gaussians(gaussians: Gaussians, matrix: Any,
+                        normalize_quaternions: bool = False) -> Gaussians:
+    """Move Gaussians (numpy, any batch axes) by the rigid 4×4 ``matrix`` (``x -> R x + t``):
+    the same scene seen from cameras moved the same way renders the same images.
+
+    Colours are RGB (SH degree 0, view-independent). Rotations come out as unit quaternions:
+    they are rotated directly when they are unit (or ``normalize_quaternions``, the gsplat
+    convention); non-unit quaternions used as given (Inria's rasterizer, the released LGM's
+    :data:`QUAT_NORM_ACROSS_GAUSSIANS`) describe a non-orthogonal matrix ``M``, so the covariance
+    ``R M S² Mᵀ Rᵀ`` is rotated and factored again into unit quaternions and scales (exact up to
+    rounding, and what standard ``.ply`` viewers expect)."""
+    m = np.asarray(matrix, np.float64)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise ValueError(f"transform_gaussians needs a finite 4x4 matrix, got shape {m.shape}")
+    rot, t = m[:3, :3], m[:3, 3]
+    if (not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4) or np.linalg.det(rot) < 0
+            or not np.allclose(m[3], [0, 0, 0, 1])):
+        raise ValueError("transform_gaussians needs a rigid transform (rotation + translation)")
+    if gaussians.colors.shape[-1] != 3:
+        raise ValueError(f"transform_gaussians handles RGB colours (SH degree 0), got "
+                         f"{gaussians.colors.shape[-1]} channels")
+    means = np.asarray(gaussians.means, np.float64) @ rot.T + t
+    quats = np.asarray(gaussians.rotations, np.float64)
+    scales = np.asarray(gaussians.scales, np.float64)
+    norm = np.linalg.norm(quats, axis=-1, keepdims=True)
+    if normalize_quaternions or np.allclose(norm, 1.0, atol=1e-4):
+        quats = _quaternion_multiply(rotation_to_quaternion(rot), quats / norm)
+    else:
+        w, x, y, z = np.moveaxis(quats, -1, 0)
+        basis = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                          2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                          2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+                         -1).reshape(*quats.shape[:-1], 3, 3)
+        a = rot @ basis * scales[..., None, :]
+        eigval, eigvec = np.linalg.eigh(a @ np.swapaxes(a, -1, -2))
+        eigvec = eigvec * np.where(np.linalg.det(eigvec) < 0, -1.0, 1.0)[..., None, None]
+        quats = rotation_to_quaternion(eigvec)
+        scales = np.sqrt(np.maximum(eigval, 0.0))
+        scales = np.maximum(scales, np.finfo(np.float32).tiny)
+    return Gaussians(means=means.astype(np.float32), scales=scales.astype(np.float32),
+                     rotations=quats.astype(np.float32),
+                     opacities=np.asarray(gaussians.opacities, np.float32),
+                     colors=np.asarray(gaussians.colors, np.float32))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -825,6 +825,36 @@ def _prepare(gaussians: Gaussians, viewmats, Ks, background):
     return viewmats, Ks, background
 
 
+def _check_cameras(viewmats: np.ndarray, Ks: np.ndarray) -> None:
+    """Eager camera checks: finite matrices, an invertible rotation block, positive focals."""
+    bad = ~np.all(np.isfinite(viewmats), axis=(-2, -1)) | ~np.all(np.isfinite(Ks), axis=(-2, -1))
+    if bad.any():
+        raise ValueError(f"rasterize: {int(bad.sum())} camera(s) hold NaN or infinite values "
+                         f"(viewmats / Ks), e.g. camera index {np.argwhere(bad)[0].tolist()}")
+    det = np.linalg.det(viewmats[..., :3, :3].astype(np.float64))
+    if (np.abs(det) < 1e-6).any():
+        raise ValueError(f"rasterize: {int((np.abs(det) < 1e-6).sum())} camera(s) have a "
+                         f"degenerate (e.g. all-zero) rotation block; viewmats must be "
+                         f"world-to-camera [[R, t], [0, 0, 0, 1]] with R a rotation")
+    if (Ks[..., 0, 0] <= 0).any() or (Ks[..., 1, 1] <= 0).any():
+        raise ValueError("rasterize: Ks must have positive focal lengths (Ks[..., 0, 0] and "
+                         "Ks[..., 1, 1])")
+
+
+def _check_gaussians(gaussians: Gaussians) -> None:
+    """``validate=True``: every Gaussian field finite (counts per field in the message)."""
+    bad = {}
+    for name in ("means", "scales", "rotations", "opacities", "colors"):
+        a = np.asarray(getattr(gaussians, name))
+        n = int((~np.isfinite(a)).reshape(*a.shape[:len(gaussians.batch_shape) + 1], -1)
+                .any(-1).sum()) if a.size else 0
+        if n:
+            bad[name] = n
+    if bad:
+        raise ValueError(f"rasterize(validate=True): non-finite Gaussians (count per field: "
+                         f"{bad}); they would be culled silently")
+
+
 def _project_all(gaussians, viewmats, Ks, width, height, settings):
     """Project every scene into every camera: fields [I, N, ...] with I = prod(batch) · V."""
     num_views = viewmats.shape[-3]
@@ -857,7 +887,9 @@ def count_intersections(
     """Number of (Gaussian, tile) intersections a render needs (a concrete int; not under jit)."""
     settings = get_settings(settings)
     viewmats, Ks, _ = _prepare(gaussians, viewmats, Ks, None)
-    return int(_count_jit(gaussians, viewmats, Ks, width, height, settings))
+    if gaussians.num_gaussians == 0:
+        return 0
+    return int(_count_jit(gaussians, viewmats, Ks, int(width), int(height), settings))
 
 
 def _rasterize_impl(gaussians, viewmats, Ks, background, width, height, settings, capacity,
@@ -878,11 +910,9 @@ def _rasterize_impl(gaussians, viewmats, Ks, background, width, height, settings
         p.means2d, p.conics, opacities, colors, p.depths,
         background.reshape(num_images, channels), bins, width, height, settings,
     )
-    if poison_on_overflow:
-        nan = jnp.asarray(jnp.nan, color.dtype)
-        color = jnp.where(bins.overflow, nan, color)
-        depth = jnp.where(bins.overflow, nan, depth)
-        alpha = jnp.where(bins.overflow, nan, alpha)
+    if poison_on_overflow:  # added, not selected: gradients through the outputs are NaN too
+        poison = jnp.where(bins.overflow, jnp.asarray(jnp.nan, color.dtype), 0.0)
+        color, depth, alpha = color + poison, depth + poison, alpha + poison
     shape = (*batch, num_views, height, width)
     info = RasterInfo(bins.intersections, capacity, bins.overflow, jnp.max(bins.tile_counts))
     return RenderOutput(color.reshape(*shape, channels), alpha.reshape(shape),
@@ -903,6 +933,7 @@ def rasterize(
     settings: str | RasterSettings = "inria",
     capacity: int | None = None,
     poison_on_overflow: bool = True,
+    validate: bool = False,
 ) -> RenderOutput:
     """Render Gaussians [..., N] into cameras [..., V] (OpenCV world-to-camera + intrinsics).
 
@@ -916,18 +947,42 @@ def rasterize(
         :class:`RasterSettings`.
       capacity: size of the (Gaussian, tile) intersection buffer. ``None`` sizes it from the
         scene (eager calls only). Under ``jit`` it must be given; see :class:`RasterInfo`.
-      poison_on_overflow: fill the outputs with NaN when the buffer overflows.
+      poison_on_overflow: fill the outputs with NaN when the buffer overflows (their gradients
+        are NaN as well, so an overflowed training step is seen as non-finite).
+      validate: also check the Gaussians (eager calls): non-finite means, scales, rotations,
+        opacities or colours raise ``ValueError`` with their count (by default such Gaussians
+        are culled like any Gaussian behind the camera). Cameras are always checked in eager
+        calls: non-finite matrices, a degenerate rotation block (e.g. all zeros) or a
+        non-positive focal length raise ``ValueError`` instead of rendering the background.
 
     Returns:
       :class:`RenderOutput` with colours [..., V, H, W, C], alphas and depths [..., V, H, W] and
       the buffer diagnostics. Eager calls raise :class:`CapacityOverflowError` on overflow.
     """
     settings = get_settings(settings)
-    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+               for v in (width, height)):
         raise ValueError(f"width and height must be positive ints, got {width!r}, {height!r}")
+    width, height = int(width), int(height)
     viewmats, Ks, background = _prepare(gaussians, viewmats, Ks, background)
     traced = any(isinstance(x, jax.core.Tracer)
                  for x in jax.tree_util.tree_leaves((gaussians, viewmats, Ks, background)))
+    if not traced:
+        _check_cameras(np.asarray(viewmats), np.asarray(Ks))
+        if validate:
+            _check_gaussians(gaussians)
+    elif validate:
+        raise ValueError("rasterize(validate=True) checks concrete values; call it outside "
+                         "jit/vmap/grad (or check the inputs before tracing)")
+    if gaussians.num_gaussians == 0:  # an empty scene: the background, nothing to sort
+        batch, num_views = gaussians.batch_shape, viewmats.shape[-3]
+        shape = (*batch, num_views, height, width)
+        zeros = jnp.zeros(shape, gaussians.means.dtype)
+        colors = jnp.broadcast_to(background[..., None, None, :], (*shape, background.shape[-1]))
+        cap = 1 if capacity is None else capacity
+        info = RasterInfo(jnp.zeros((), jnp.int32), cap, jnp.zeros((), bool),
+                          jnp.zeros((), jnp.int32))
+        return RenderOutput(colors, zeros, zeros, info)
     if capacity is None:
         if traced:
             raise ValueError(

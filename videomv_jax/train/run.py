@@ -418,7 +418,73 @@ def export_models(trainer: Trainer, cfg: ml_collections.ConfigDict, directory: s
         save_converted(out, _kind(name, cfg.variant), model.config, model, info, extra,
                        overwrite=True)
         written.append(out)
+    written += _complete_export(cfg, directory, written)
     return written
+
+
+#: the model folders the sampling pipeline reads, per mode (configs/t2mv.py, configs/i2mv.py)
+SAMPLER_MODELS = {"t2mv": ("unet", "vae", "clip_text", "lgm"),
+                  "i2mv": ("unet", "vae", "clip_text", "lgm", "clip_vision")}
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _complete_export(cfg: ml_collections.ConfigDict, directory: str,
+                     written: list[str]) -> list[str]:
+    """Make ``directory`` a sampleable folder: copy in the frozen models the run read from
+    converted checkpoints (e.g. the VAE) and ``cfg.export.models`` (e.g. the LGM of a UNet run),
+    and write ``sampling.json`` (``cfg.export.sampling``: the settings the models were trained
+    for, which ``sample.py --checkpoint-dir`` applies). Logs the sampler models still missing."""
+    import shutil
+
+    from videomv_jax.tiny import SAMPLING_FILE
+
+    if jax.process_index() != 0:  # plain file copies: one process writes them
+        return []
+    mode = "i2mv" if cfg.variant == "image" else "t2mv"
+    export = cfg.get("export", ml_collections.ConfigDict(dict(models={}, sampling={})))
+    sources = {}
+    for name, entry in cfg.models.items():
+        if name != "lpips" and entry.get("checkpoint", ""):
+            sources[{"text": "clip_text", "vision": "clip_vision"}.get(name, name)] = \
+                entry.checkpoint
+    sources.update(dict(export.get("models", {})))
+    copied = []
+    for sub, src in sorted(sources.items()):
+        out = os.path.join(directory, sub)
+        if out in written or not src:
+            continue
+        if not os.path.isdir(src):
+            raise FileNotFoundError(f"export: {sub!r} should be copied from {src!r}, which is "
+                                    f"not a folder (set export.models.{sub} or "
+                                    f"models.*.checkpoint to a converted model folder)")
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        shutil.copytree(src, out)
+        copied.append(out)
+    sampling = export.get("sampling", {})
+    sampling = _flat(sampling.to_dict() if hasattr(sampling, "to_dict") else dict(sampling))
+    if sampling:
+        with open(os.path.join(directory, SAMPLING_FILE), "w") as fh:
+            json.dump({"modes": {mode: sampling},
+                       "note": f"written by train.py --export ({cfg.stage} {cfg.variant} "
+                               f"{cfg.get('preset', '')}): the settings these models were "
+                               f"trained for; sample.py --checkpoint-dir applies them"},
+                      fh, indent=2, sort_keys=True)
+    missing = [m for m in SAMPLER_MODELS[mode] if not os.path.isdir(os.path.join(directory, m))]
+    if missing:
+        logging.getLogger(__name__).warning(
+            "export %s: no %s, so sample.py cannot use it as it is; copy converted models there "
+            "or set export.models.<name>=DIR", directory, missing)
+    return copied
 
 
 def train(cfg: ml_collections.ConfigDict, resume: bool = True,

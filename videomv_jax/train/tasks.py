@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,8 +31,8 @@ import numpy as np
 
 from videomv_jax.diffusion.ddim import predict_x0, q_sample, v_target
 from videomv_jax.diffusion.schedules import alphas_cumprod
+from videomv_jax.models.clip import PromptTruncatedWarning, tokenize
 from videomv_jax.models.clip import preprocess as clip_preprocess
-from videomv_jax.models.clip import tokenize
 from videomv_jax.models.lgm import prepare_inputs
 from videomv_jax.render.camera import normalize_poses, raster_cameras
 from videomv_jax.render.rasterize import rasterize
@@ -124,8 +125,18 @@ class Stage1Task(Task):
     def prepare(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if self.tokenizer is None:
             raise ValueError("Stage1Task needs a tokenizer to turn captions into token ids")
-        out = {"tokens": tokenize(self.tokenizer, list(batch["caption"]),
-                                  context_length=self.context_length)}
+        from videomv_jax.data import DEFAULT_NEGATIVE_PROMPT
+
+        captions = list(batch["caption"])
+        with warnings.catch_warnings():
+            # the negative prompt replaces dropped captions; its truncation on a short-context
+            # tower (videomv-tiny: 32 tokens) is the design, not a user's over-long caption,
+            # and it would warn at every step that drops a caption
+            if DEFAULT_NEGATIVE_PROMPT in captions:
+                warnings.filterwarnings("ignore", message=".*Distorted, discontinuous",
+                                        category=PromptTruncatedWarning)
+            out = {"tokens": tokenize(self.tokenizer, captions,
+                                      context_length=self.context_length)}
         if self.variant == "image":
             ref = np.asarray(batch["cond_image"] if "cond_image" in batch
                              else batch["frames"][:, 0])
