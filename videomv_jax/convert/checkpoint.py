@@ -186,21 +186,30 @@ def save_converted(
             raise ValueError(f"extra file name {name!r} is not allowed")
         extras.append((src, name))
 
+    # Several processes (a multi-host run: parameters spanning all of them) all call this:
+    # process 0 alone touches the directory and its side files, orbax saves collectively.
+    from videomv_jax.parallel.multihost import barrier, is_main
+
     out = FsPath(directory)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"{str(out)!r} exists and is not empty (pass overwrite=True / "
-                                  f"--overwrite to replace it)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{str(out)!r} exists and is not empty (pass overwrite=True / "
+                              f"--overwrite to replace it)")
+    barrier(f"save_converted:check:{out}")  # everyone looked before process 0 removes it
+    if is_main():
         if out.is_dir():
             shutil.rmtree(out)
-        else:
+        elif out.exists():
             out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(f"save_converted:mkdir:{out}")
 
     import orbax.checkpoint as ocp
 
     with _checkpointer() as ckptr:
         ckptr.save(out.absolute() / PARAMS_DIR, args=ocp.args.PyTreeSave(_nest(flat)))
+    if not is_main():
+        barrier(f"save_converted:done:{out}")
+        return out
     for src, name in extras:
         if src.is_dir():
             shutil.copytree(src, out / name)
@@ -221,6 +230,7 @@ def save_converted(
         json.dump(meta, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
     os.replace(tmp, out / CONFIG_FILE)
+    barrier(f"save_converted:done:{out}")
     return out
 
 

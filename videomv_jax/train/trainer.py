@@ -37,6 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from videomv_jax.data.pipeline import batch_sharding
 from videomv_jax.parallel.mesh import make_mesh, param_shardings
+from videomv_jax.parallel.multihost import agree_any, to_global
 from videomv_jax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from videomv_jax.train.tasks import Task, check_models
 
@@ -62,7 +63,8 @@ def ema_update(ema: Any, params: Any, decay: float, step: jax.Array | int,
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Loop settings. ``workdir`` holds ``checkpoints/``, ``tensorboard/`` and ``config.json``.
-    ``mesh_data`` / ``mesh_fsdp``: mesh sizes (one may be -1 = the remaining devices);
+    ``mesh_data`` / ``mesh_fsdp`` / ``mesh_tensor``: mesh sizes (one may be -1 = the remaining
+    devices; ``tensor`` splits kernels' output features / channels, Megatron style);
     ``checkpoint_every`` 0 disables periodic saves (the final and SIGTERM saves remain).
     ``ema_decay``: keep an exponential moving average of the parameters; with ``ema_warmup``
     the decay at step ``k`` is ``min(ema_decay, (1 + k) / (10 + k))``, so that the average
@@ -82,6 +84,7 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 10
     mesh_data: int = -1
     mesh_fsdp: int = 1
+    mesh_tensor: int = 1
     progress: bool = True
     tensorboard: bool = True
 
@@ -140,7 +143,8 @@ class Trainer:
                  image_fn: Callable | None = None, run_config: Mapping[str, Any] | None = None):
         check_models(task, models)
         self.task, self.optim, self.config = task, optim, config
-        self.mesh = mesh if mesh is not None else make_mesh(config.mesh_data, config.mesh_fsdp)
+        self.mesh = mesh if mesh is not None else make_mesh(config.mesh_data, config.mesh_fsdp,
+                                                                config.mesh_tensor)
         self.image_fn = image_fn
         self.run_config = dict(run_config or {})
         names = list(task.trainable) + list(task.frozen)
@@ -148,7 +152,8 @@ class Trainer:
         for name in names:
             model = models[name]
             shardings = param_shardings(model, self.mesh)
-            state = jax.device_put(nnx.state(model), shardings)
+            # models may arrive process-local (loaded on one device) or already global
+            state = to_global(nnx.state(model), shardings)
             nnx.update(model, state)
             g, p, r = nnx.split(model, nnx.Param, ...)
             self.graphdefs[name], self._params[name], self._rest[name] = g, p.to_pure_dict(), r
@@ -162,7 +167,7 @@ class Trainer:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.state_shardings = jax.tree.map(
             lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
-        self.state = jax.device_put(state, self.state_shardings)
+        self.state = to_global(state, self.state_shardings)
         self._step_fn = jax.jit(self._step_impl, donate_argnums=(0,),
                                 out_shardings=(self.state_shardings, replicated))
         self._manager = None
@@ -429,7 +434,8 @@ class Trainer:
                     self.save(force=True)
                 if bar is not None:
                     bar.update(1)
-                if self._stop_requested:
+                # every process stops after the same step, even when only some got SIGTERM
+                if agree_any(self._stop_requested):
                     preempted = True
                     break
             if pending is not None:
