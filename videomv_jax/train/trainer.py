@@ -486,17 +486,22 @@ class Trainer:
         return SummaryWriter(os.path.join(self.config.workdir, "tensorboard"))
 
     def _log_images(self, writer, batch, step: int) -> None:
-        if writer is None:
+        if not self.config.tensorboard:
             return
         key = jax.random.fold_in(jax.random.key(self.config.seed), step)
         if not hasattr(self, "_image_jit"):
             def run(params, frozen, batch, key):
                 models = self._merge(params, frozen, jax.random.key_data(key))
                 return self.image_fn(models, batch, key)
-            self._image_jit = jax.jit(run)
+            # replicated output: every process can read it, process 0 writes it
+            self._image_jit = jax.jit(run, out_shardings=NamedSharding(self.mesh,
+                                                                       PartitionSpec()))
+        # every process runs the (collective) program, not only the one that writes
         with jax.set_mesh(self.mesh):
             grid = self._image_jit(self.state.params, self.frozen, self.device_batch(batch),
                                    key)
+        if writer is None:
+            return
         grid = np.clip(np.asarray(jax.device_get(grid)), 0.0, 1.0)
         writer.add_images("train/views", grid, step, dataformats="NHWC")
         writer.flush()
