@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 600  # seconds per launch (all processes)
+TIMEOUT = 900  # seconds per launch (all processes); a few dozen on an idle 2-core machine
 
 UNET = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_levels=(True, False),
             head_dim=8, first_temporal_heads=2, context_dim=16, norm_groups=4,
@@ -157,14 +157,15 @@ def world(tmp_path_factory):
 
 def common(world, workdir: Path, steps: int) -> list[str]:
     return ["--preset", "tiny", "--data", world["data"], "--workdir", str(workdir),
-            "--steps", str(steps), "--set", f"models.vae.checkpoint={world['vae']}",
-            "--set", "data.input.batch_size=8", "--set", "data.input.resolution=16",
+            "--steps", str(steps), "--set", "data.input.batch_size=8",
+            "--set", "data.input.resolution=16",
             "--set", "optim.warmup_steps=0", "--set", "train.progress=False",
             "--set", "train.log_every=1", "--set", "train.checkpoint_every=1"]
 
 
 def t2mv_args(world, workdir: Path, steps: int) -> list[str]:
     return ["--config", "t2mv", *common(world, workdir, steps),
+            "--set", f"models.vae.checkpoint={world['vae']}",
             "--set", f"models.unet.config={dict(variant='text', **UNET)!r}",
             "--set", f"models.text.config={TEXT!r}", "--set", "task.context_length=16"]
 
@@ -212,6 +213,7 @@ def test_i2mv_init_from_and_recon_two_processes_equal_one(world):
     i2mv = ["--set", f"models.unet.config={dict(variant='image', image_embed_dim=16, **UNET)!r}",
             "--set", f"models.unet.init_from={export / 'unet'}",
             "--set", f"models.text.checkpoint={export / 'clip_text'}",
+            "--set", f"models.vae.checkpoint={world['vae']}",
             "--set", f"models.vision.config={VISION!r}", "--set", "task.context_length=16"]
     recon = ["--set", f"models.lgm.config={LGM!r}", "--set", "task.render_size=16"]
     for config, extra in (("i2mv", i2mv), ("recon", recon)):
