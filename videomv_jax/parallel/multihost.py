@@ -26,12 +26,29 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Wait until every process reaches the barrier ``name`` (nothing in a single process)."""
-    if jax.process_count() > 1:
+_BARRIER_COUNTS: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+    """Wait (up to ``timeout_s``) until every process reaches the barrier ``name`` (nothing in
+    a single process). Uses the coordination service of ``jax.distributed``, not a device
+    collective: CPU (gloo) collectives give up after a short wait, too short for one process
+    still compiling what another already runs."""
+    if jax.process_count() == 1:
+        return
+    n = _BARRIER_COUNTS[name] = _BARRIER_COUNTS.get(name, 0) + 1
+    try:
+        from jax._src import distributed
+
+        client = distributed.global_state.client
+    except ImportError:  # pragma: no cover - a JAX without it
+        client = None
+    if client is None or not hasattr(client, "wait_at_barrier"):
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(f"videomv_jax:{name}:{n}", int(timeout_s * 1000))
 
 
 def main_first(name: str, fn: Callable[[], T]) -> T | None:

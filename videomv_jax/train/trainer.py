@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from videomv_jax.data.pipeline import batch_sharding
 from videomv_jax.parallel.mesh import make_mesh, param_shardings
-from videomv_jax.parallel.multihost import agree_any, to_global
+from videomv_jax.parallel.multihost import agree_any, barrier, to_global
 from videomv_jax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from videomv_jax.train.tasks import Task, check_models
 
@@ -316,8 +316,18 @@ class Trainer:
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
         """One update on ``batch`` (host dict); returns the step's metrics (device arrays)."""
         with jax.set_mesh(self.mesh):
-            self.state, metrics = self._step_fn(self.state, self.frozen,
-                                                self.device_batch(batch))
+            inputs = self.device_batch(batch)
+            step_fn = self._step_fn
+            if jax.process_count() > 1:
+                if getattr(self, "_compiled_step", None) is None:
+                    # compile first, then start together: a process that runs the step while
+                    # another still compiles waits in a collective, and CPU (gloo)
+                    # collectives time out
+                    self._compiled_step = self._step_fn.lower(self.state, self.frozen,
+                                                              inputs).compile()
+                    barrier("train_step_compiled")
+                step_fn = self._compiled_step
+            self.state, metrics = step_fn(self.state, self.frozen, inputs)
         return metrics
 
     # ---- checkpoints ---------------------------------------------------------------------------
