@@ -37,12 +37,7 @@ def barrier(name: str, timeout_s: float = 3600.0) -> None:
     if jax.process_count() == 1:
         return
     n = _BARRIER_COUNTS[name] = _BARRIER_COUNTS.get(name, 0) + 1
-    try:
-        from jax._src import distributed
-
-        client = distributed.global_state.client
-    except ImportError:  # pragma: no cover - a JAX without it
-        client = None
+    client = _client()
     if client is None or not hasattr(client, "wait_at_barrier"):
         from jax.experimental import multihost_utils
 
@@ -59,14 +54,36 @@ def main_first(name: str, fn: Callable[[], T]) -> T | None:
     return out
 
 
-def agree_any(flag: bool) -> bool:
+def _client() -> Any:
+    try:
+        from jax._src import distributed
+    except ImportError:  # pragma: no cover - a JAX without it
+        return None
+    return getattr(distributed.global_state, "client", None)
+
+
+_AGREE_COUNT = [0]
+
+
+def agree_any(flag: bool, timeout_s: float = 3600.0) -> bool:
     """True on every process when ``flag`` is True on at least one (e.g. a SIGTERM that reached
-    some hosts only), so that all of them take the same branch."""
+    some hosts only), so that all of them take the same branch. Exchanged through the
+    coordination service's key-value store (no device collective, no compile)."""
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
+    client = _client()
+    if client is None or not hasattr(client, "blocking_key_value_get"):
+        from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+    _AGREE_COUNT[0] += 1
+    n, me = _AGREE_COUNT[0], jax.process_index()
+    client.key_value_set(f"videomv_jax/agree/{n}/{me}", "1" if flag else "0")
+    votes = [client.blocking_key_value_get(f"videomv_jax/agree/{n}/{i}", int(timeout_s * 1000))
+             for i in range(jax.process_count())]
+    if n > 2:  # every process wrote round n - 1, so all finished reading round n - 2
+        client.key_value_delete(f"videomv_jax/agree/{n - 2}/{me}")
+    return "1" in votes
 
 
 def _one_to_global(x: Any, sharding: Any) -> Any:
