@@ -313,6 +313,10 @@ def load_converted(
 
     import orbax.checkpoint as ocp
 
+    from videomv_jax.parallel.multihost import barrier
+
+    # arrive together: orbax's own process sync uses CPU collectives with a short timeout
+    barrier("load_converted")
     with _checkpointer() as ckptr:
         saved = _flatten_str_tree(_saved_tree_metadata(ckptr, d / PARAMS_DIR))
         _compare_layout(saved, target_flat, f"the parameters stored in {str(d)!r}",

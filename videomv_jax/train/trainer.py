@@ -359,6 +359,7 @@ class Trainer:
         mgr = self.manager()
         if step in mgr.all_steps():
             return step
+        barrier("checkpoint_save")  # orbax syncs with short-timeout collectives: start together
         mgr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(self.state),
             meta=ocp.args.JsonSave(self._meta())), force=force)
@@ -381,6 +382,7 @@ class Trainer:
         step = mgr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.checkpoint_dir}")
+        barrier("checkpoint_restore")  # start together (see save)
         meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta["trainable"] != list(self.task.trainable) or meta["task"] != type(
                 self.task).__name__ or meta["ema"] != (self.config.ema_decay is not None):
