@@ -283,11 +283,19 @@ def generate(args: argparse.Namespace) -> int:
         print(f"warning: the models {random} record no converted source checkpoint (e.g. random "
               f"test weights): the outputs are NOT samples of a trained VideoMV model.",
               file=sys.stderr)
+    # several processes (JAX_PROCESS_ID/JAX_NUM_PROCESSES, SLURM, MPI): a disjoint share each,
+    # global numbers and seeds kept; one merged index.json (videomv_jax.sampling_batch)
+    from videomv_jax import sampling_batch as sb
+
+    proc, nproc = sb.process_identity()
+    share = sb.process_share(len(prompts or args.image), proc, nproc)
+    inputs = [(prompts or args.image)[k] for k in share]
     if mode == "t2mv":
-        results = pipe.text_to_mv(prompts, cfg.seed, cams)
+        results = pipe.text_to_mv(inputs, cfg.seed + share.start, cams)
     else:
-        results = pipe.image_to_mv(args.image, cfg.seed, cams)
-    for i, r in enumerate(results):
+        results = pipe.image_to_mv(inputs, cfg.seed + share.start, cams)
+    index = []
+    for i, r in zip(share, results, strict=True):
         name = r.condition if mode == "t2mv" else os.path.splitext(os.path.basename(
             r.condition))[0]
         d = os.path.join(args.out, f"{i:03d}_{_slug(name)}")
@@ -320,7 +328,7 @@ def generate(args: argparse.Namespace) -> int:
             outputs.update(views_plain="views_plain/", grid_plain="grid_plain.png")
         timings = {**r.timings, "render_asset_s": render_s,
                    "write_outputs_s": write_s + time.perf_counter() - t0}
-        if i == 0:
+        if i == share.start:
             timings["load_checkpoints_s"] = load_s
         if default_model:
             weights = ("videomv-tiny (packaged default, trained by videomv_jax train.py on "
@@ -357,6 +365,11 @@ def generate(args: argparse.Namespace) -> int:
             print(f"warning: sample {i}: the rasteriser buffer overflowed at a 3D-aware step "
                   f"(latents are NaN); raise sampler.capacity_per_scene", file=sys.stderr)
         print(f"wrote {d} ({', '.join(f'{k} {v:.2f} s' for k, v in timings.items())})")
+        index.append({"index": i, "dir": os.path.basename(d), "seed": r.seed,
+                      "prompt" if mode == "t2mv" else "image": r.condition})
+    sb.write_index_part(args.out, index, proc, nproc)
+    if proc == 0:
+        print(f"wrote {sb.merge_index(args.out, nproc)}")
     return 0
 
 

@@ -47,10 +47,10 @@ def base_train_config(stage: str, variant: str, preset: str) -> ml_collections.C
     c.train = ml_collections.ConfigDict(dict(
         num_steps=100_000 if preset == "full" else 3000, seed=0, log_every=10,
         image_every=0, checkpoint_every=500, keep_checkpoints=3, async_checkpointing=True,
-        ema_decay=None, max_consecutive_nonfinite=10, mesh_data=-1, mesh_fsdp=1,
+        ema_decay=None, max_consecutive_nonfinite=10, mesh_data=-1, mesh_fsdp=1, mesh_tensor=1,
         progress=True, tensorboard=True))
     c.grad_scale = 1.0
-    # stage 1: encode the data set once with the frozen VAE (single-process runs)
+    # stage 1: encode the data set once with the frozen VAE (every process holds the table)
     c.pre_encode = False
     c.lpips = ml_collections.ConfigDict(dict(vgg16="", weights=""))
     # what train.py --export writes beside the trained models so that the folder samples:

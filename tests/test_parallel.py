@@ -108,6 +108,19 @@ def test_make_mesh_errors():
         make_mesh(devices=[])
 
 
+def test_batch_layout_errors_before_any_compile(monkeypatch):
+    from videomv_jax.parallel.multihost import check_batch_layout
+
+    with pytest.raises(ValueError, match=r"batch_size=6 does not divide over the mesh's batch "
+                                         r"axes data=4 × fsdp=2 \(8 shards\)"):
+        check_batch_layout(abstract(4, 2, 1), 6)
+    with pytest.raises(ValueError, match="data=2 × fsdp=1 \\(2 shards\\)"):
+        check_batch_layout(abstract(2, 1, 4), 3)  # tensor does not split the batch
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    with pytest.raises(ValueError, match="does not divide over the 3 processes"):
+        check_batch_layout(abstract(2, 1, 1), 4)
+
+
 def test_make_mesh_single_device_and_constraint_noop():
     mesh = make_mesh()
     assert mesh.axis_names == AXES

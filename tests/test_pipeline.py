@@ -83,8 +83,11 @@ def test_text_to_mv_end_to_end(sample, ckpt, tmp_path, capsys):
     assert sample.main(argv) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
     assert "NOT samples of a trained VideoMV model" in captured.err  # honest about weights
-    dirs = sorted(os.listdir(out))
+    dirs = sorted(n for n in os.listdir(out) if n != "index.json")
     assert dirs == ["000_a_red_chair", "001_hello_world"]
+    index = json.loads((out / "index.json").read_text())["samples"]
+    assert [(e["index"], e["dir"], e["seed"], e["prompt"]) for e in index] == [
+        (0, "000_a_red_chair", 3, "a red chair"), (1, "001_hello_world", 4, "hello world")]
     for i, name in enumerate(dirs):
         d = out / name
         views = sorted(os.listdir(d / "views"))
@@ -188,7 +191,7 @@ def test_image_to_mv_end_to_end(sample, ckpt, tmp_path, capsys):
             "--set", "output.asset_turntable=False"]  # rendered in the text→MV test
     assert sample.main(argv) == 0, capsys.readouterr().err
     assert "NOT samples of a trained VideoMV model" in capsys.readouterr().err
-    (name,) = os.listdir(out)
+    (name,) = [n for n in os.listdir(out) if n != "index.json"]
     d = out / name
     assert sorted(os.listdir(d / "views")) == [f"{k:03d}.png" for k in range(24)]
     assert np.asarray(Image.open(d / "views" / "000.png")).shape == (16, 16, 3)

@@ -176,7 +176,7 @@ def test_sample_cli_default_model_text(tmp_path, capsys):
     assert code == 0
     err = capsys.readouterr().err
     assert "videomv-tiny" in err and "['dragon']" in err and "shapes" in err
-    (d,) = list(out.iterdir())
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
     assert sorted(os.listdir(d / "views")) == [f"{i:03d}.png" for i in range(24)]
     for name in ("grid.png", "gaussians.ply", "run.json"):
         assert (d / name).is_file()
@@ -214,7 +214,7 @@ def test_sample_cli_default_model_image(tmp_path):
     code = sample.main(["--image", str(example), "--out", str(out), "--steps", "4",
                         "--set", "sampler.progress=False"])
     assert code == 0
-    (d,) = list(out.iterdir())
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
     record = json.loads((d / "run.json").read_text())
     assert record["mode"] == "i2mv" and record["weights"].startswith("videomv-tiny")
     assert len(os.listdir(d / "views")) == 24

@@ -103,7 +103,7 @@ class DemoResult:
 
 def _checkpoint_mode(directory: str) -> str:
     """``t2mv`` / ``i2mv`` from the kind of the UNet in a converted checkpoint directory."""
-    from videomv_jax.convert.checkpoint import read_converted_config
+    from videomv_jax.model_store import read_converted_config
     from videomv_jax.pipeline import CONVERT_HINT, MODES
 
     unet = os.path.join(directory, "unet")

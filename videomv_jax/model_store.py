@@ -190,21 +190,30 @@ def save_converted(
             raise ValueError(f"extra file name {name!r} is not allowed")
         extras.append((src, name))
 
+    # Several processes (a multi-host run: parameters spanning all of them) all call this:
+    # process 0 alone touches the directory and its side files, orbax saves collectively.
+    from videomv_jax.parallel.multihost import barrier, is_main
+
     out = FsPath(directory)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"{str(out)!r} exists and is not empty (pass overwrite=True / "
-                                  f"--overwrite to replace it)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{str(out)!r} exists and is not empty (pass overwrite=True / "
+                              f"--overwrite to replace it)")
+    barrier(f"save_converted:check:{out}")  # everyone looked before process 0 removes it
+    if is_main():
         if out.is_dir():
             shutil.rmtree(out)
-        else:
+        elif out.exists():
             out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(f"save_converted:mkdir:{out}")
 
     import orbax.checkpoint as ocp
 
     with _checkpointer() as ckptr:
         ckptr.save(out.absolute() / PARAMS_DIR, args=ocp.args.PyTreeSave(_nest(flat)))
+    if not is_main():
+        barrier(f"save_converted:done:{out}")
+        return out
     for src, name in extras:
         if src.is_dir():
             shutil.copytree(src, out / name)
@@ -225,6 +234,7 @@ def save_converted(
         json.dump(meta, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
     os.replace(tmp, out / CONFIG_FILE)
+    barrier(f"save_converted:done:{out}")
     return out
 
 
@@ -320,6 +330,10 @@ def load_converted(
     if restored is None:
         import orbax.checkpoint as ocp
 
+        from videomv_jax.parallel.multihost import barrier
+
+        # arrive together: orbax's own process sync uses CPU collectives with a short timeout
+        barrier("load_converted")
         with _checkpointer() as ckptr:
             if saved is None:
                 saved = _flatten_str_tree(_saved_tree_metadata(ckptr, d / PARAMS_DIR))

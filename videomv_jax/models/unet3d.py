@@ -371,6 +371,12 @@ def frame_position_latents(image_latent: jax.Array, num_frames: int) -> jax.Arra
     return jnp.concatenate([first, rest], axis=1)
 
 
+#: Logical axes of a second (output) projection: input features on ``mlp``, output on ``embed``,
+#: so that under tensor parallelism the first projection splits its outputs (column-parallel)
+#: and this one its inputs (row-parallel): one reduction per attention / feed-forward block.
+_ROW = ("mlp", "embed")
+
+
 def _kw(cfg: UNet3DConfig) -> dict[str, Any]:
     return dict(dtype=cfg.compute_dtype, param_dtype=cfg.parameter_dtype)
 
@@ -457,7 +463,8 @@ class Attention(nnx.Module):
         self.to_q = Linear(query_dim, inner, use_bias=False, rngs=rngs, **kw)
         self.to_k = Linear(context_dim, inner, use_bias=False, rngs=rngs, **kw)
         self.to_v = Linear(context_dim, inner, use_bias=False, rngs=rngs, **kw)
-        self.to_out = Linear(inner, query_dim, rngs=rngs, **kw)
+        # row-parallel (Megatron): input features split like to_q/k/v's outputs
+        self.to_out = Linear(inner, query_dim, axes=_ROW, rngs=rngs, **kw)
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         ctx = x if context is None else context
@@ -490,7 +497,7 @@ class BasicTransformerBlock(nnx.Module):
                                rngs=rngs)
         self.norm3 = LayerNorm(dim, eps, rngs=rngs, **kw)
         self.ff_proj = Linear(dim, 8 * dim, rngs=rngs, **kw)
-        self.ff_out = Linear(4 * dim, dim, rngs=rngs, **kw)
+        self.ff_out = Linear(4 * dim, dim, axes=_ROW, rngs=rngs, **kw)
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         x = x + self.attn1(self.norm1(x))
@@ -602,9 +609,9 @@ class LocalTemporalEncoder(nnx.Module):
         self.to_q = Linear(c, inner, use_bias=False, rngs=rngs, **kw)
         self.to_k = Linear(c, inner, use_bias=False, rngs=rngs, **kw)
         self.to_v = Linear(c, inner, use_bias=False, rngs=rngs, **kw)
-        self.to_out = Linear(inner, c, rngs=rngs, **kw)
+        self.to_out = Linear(inner, c, axes=_ROW, rngs=rngs, **kw)
         self.ff_in = Linear(c, 4 * c, rngs=rngs, **kw)
-        self.ff_out = Linear(4 * c, c, rngs=rngs, **kw)
+        self.ff_out = Linear(4 * c, c, axes=_ROW, rngs=rngs, **kw)
         self.dropout = nnx.Dropout(cfg.local_encoder_dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:

@@ -59,7 +59,10 @@ def _to_dict(x: Any) -> Any:
 
 def _random_model(kind: str, config: Any, seed: int) -> nnx.Module:
     """A freshly initialised model, built by one jitted constructor (one compile instead of
-    one per parameter shape)."""
+    one per parameter shape) on the first local device: every process builds the same one,
+    and the trainer assembles the global arrays from it (multihost.to_global). (Creating it
+    straight in its shardings compiled 1.4x slower for the tiny UNet on 8 CPU devices, and
+    only small models are initialised at random.)"""
     from videomv_jax.convert.registry import get_kind
 
     k = get_kind(kind)
@@ -67,9 +70,13 @@ def _random_model(kind: str, config: Any, seed: int) -> nnx.Module:
     return nnx.jit(lambda: cls(config, rngs=nnx.Rngs(seed)))()
 
 
-def build_models(cfg: ml_collections.ConfigDict, names: list[str]) -> dict[str, Any]:
+def build_models(cfg: ml_collections.ConfigDict, names: list[str],
+                 mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
     """Load (``checkpoint``) or initialise (``config``) each named model; ``lpips`` from its
-    public checkpoints when ``cfg.lpips`` names them."""
+    public checkpoints when ``cfg.lpips`` names them. With ``mesh`` (the run's, possibly
+    spanning several processes) parameters are restored / created straight into their
+    shardings on it (converted checkpoints; models initialised at random are built on the
+    first local device, identically on every process, and placed by the trainer)."""
     from videomv_jax.convert.registry import get_kind
     from videomv_jax.model_store import load_converted
 
@@ -86,7 +93,7 @@ def build_models(cfg: ml_collections.ConfigDict, names: list[str]) -> dict[str, 
         ckpt = spec.get("checkpoint", "") or ""
         overrides = _to_dict(spec.get("overrides")) or {}
         if ckpt:
-            model, _ = load_converted(ckpt, kind=kind)
+            model, _ = load_converted(ckpt, mesh, kind=kind)
             if overrides:
                 model = _with_overrides(model, overrides)
         else:
@@ -101,14 +108,16 @@ def build_models(cfg: ml_collections.ConfigDict, names: list[str]) -> dict[str, 
     return models
 
 
-def init_partial(model: nnx.Module, directory: str) -> dict[str, list[str]]:
+def init_partial(model: nnx.Module, directory: str,
+                 mesh: jax.sharding.Mesh | None = None) -> dict[str, list[str]]:
     """Copy the parameters of the converted model in ``directory`` into ``model`` wherever the
     path and shape agree (any kind: e.g. unet-t2v into a unet-i2v). Returns and logs the
     ``copied`` / ``kept`` (random: absent or reshaped in the source) / ``unused`` paths;
-    refuses a source that shares no parameter with the model."""
+    refuses a source that shares no parameter with the model. ``mesh``: the mesh ``model``
+    lives on (the source is restored onto it)."""
     from videomv_jax.model_store import load_converted
 
-    src, _ = load_converted(directory)
+    src, _ = load_converted(directory, mesh)
     have = {tuple(p): v for p, v in nnx.to_flat_state(nnx.state(src, nnx.Param))}
     state = nnx.state(model, nnx.Param)
     copied, kept = [], []
@@ -188,11 +197,17 @@ def make_tokenizer(cfg: ml_collections.ConfigDict, source) -> Any:
     if spec == "build":
         if source is None:
             raise ValueError("tokenizer='build' needs a data set (not synthetic data)")
+        from videomv_jax.parallel.multihost import main_first
+
         path = os.path.join(cfg.workdir, "tokenizer")
-        if not os.path.isfile(os.path.join(path, "vocab.json")):
-            texts = _captions(source) + [", 3d asset", DEFAULT_NEGATIVE_PROMPT]
-            n = build_caption_tokenizer(texts, path)
-            print(f"built a caption tokenizer with {n} tokens in {path}")
+
+        def build() -> None:
+            if not os.path.isfile(os.path.join(path, "vocab.json")):
+                texts = _captions(source) + [", 3d asset", DEFAULT_NEGATIVE_PROMPT]
+                n = build_caption_tokenizer(texts, path)
+                print(f"built a caption tokenizer with {n} tokens in {path}")
+
+        main_first("videomv_jax:tokenizer", build)  # written once, by process 0
         return load_tokenizer(path)
     if spec:
         return load_tokenizer(spec)
@@ -247,7 +262,9 @@ def pre_encode(vae: nnx.Module, source, background: tuple[float, float, float],
     """Encode every example's 24 views (composited on ``background``, in [0, 1]) once with the
     frozen VAE: scaled posterior means and standard deviations ``[N, F, h, w, 4]`` (float16 on
     disk at ``path``, reused when present). Stage 1 then samples the posterior per step from
-    them instead of running the encoder in every step."""
+    them instead of running the encoder in every step. ``vae`` must live on local devices; in
+    a multi-process run every process encodes (or reads) the whole table, process 0 writes
+    it."""
     from tqdm.auto import tqdm
 
     from videomv_jax.data.gobjaverse import resize_views
@@ -279,22 +296,25 @@ def pre_encode(vae: nnx.Module, source, background: tuple[float, float, float],
         means.append(np.asarray(m[:n * f]).reshape(n, f, *m.shape[1:]))
         stds.append(np.asarray(sd[:n * f]).reshape(n, f, *sd.shape[1:]))
     mean, std = np.concatenate(means), np.concatenate(stds)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    np.savez(path, mean=mean.astype(np.float16), std=std.astype(np.float16))
+    if jax.process_index() == 0:  # every process encodes the same table; one writes it
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp.npz"
+        np.savez(tmp, mean=mean.astype(np.float16), std=std.astype(np.float16))
+        os.replace(tmp, path)  # atomic: another process never reads half a file
     return mean, std
 
 
 def with_latents(batches, mean: np.ndarray, std: np.ndarray, key: str = "latents"):
     """Attach pre-encoded latents to each batch by its ``index`` (rolled by ``shift`` like the
-    frames) plus the unshifted view-0 latent (``cond_<key>``). Single-process runs only."""
-    if jax.process_count() > 1:
-        raise ValueError("pre-encoded latents are host-gathered and need a single process; "
-                         "set task.pre_encode=False for multi-host runs")
+    frames) plus the unshifted view-0 latent (``cond_<key>``). Each process looks up the rows
+    of its own part of the batch (``index`` holds the process-local rows)."""
+
+    from videomv_jax.parallel.multihost import process_rows
 
     def fn(start: int):
         for b in batches(start):
-            idx = np.asarray(b["index"])
-            shift = np.asarray(b.get("shift", np.zeros(len(idx), np.int32)))
+            idx = process_rows(b["index"])
+            shift = process_rows(b.get("shift", np.zeros(len(idx), np.int32)))
             m, s = mean[idx], std[idx]
             if shift.any():
                 m = np.stack([np.roll(r, k, axis=0) for r, k in zip(m, shift, strict=True)])
@@ -314,8 +334,16 @@ BACKGROUNDS = {"grey": (GREY,) * 3, "white": (1.0, 1.0, 1.0)}
 def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
     """(trainer, batches) for ``cfg``."""
     from videomv_jax.data.pipeline import batch_sharding
+    from videomv_jax.parallel.mesh import make_mesh
+    from videomv_jax.parallel.multihost import check_batch_layout
     from videomv_jax.train.grad_scale import grad_scale_tree
 
+    # the run's mesh first (all devices of all processes): bad sizes fail here, before any
+    # model is loaded or step compiled, and models load straight onto it
+    tr = cfg.train
+    mesh = make_mesh(int(tr.get("mesh_data", -1)), int(tr.get("mesh_fsdp", 1)),
+                     int(tr.get("mesh_tensor", 1)))
+    check_batch_layout(mesh, int(cfg.data.input.get("batch_size", 8)))
     source = None
     if cfg.data.name != "synthetic":
         from videomv_jax.data.builders import load_source
@@ -338,7 +366,9 @@ def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
     task = _task(cfg, tokenizer)
     t_cfg = _to_dict(cfg.task)
     names = list(dict.fromkeys(list(task.trainable) + list(task.frozen)))
-    models = build_models(cfg, names + (["vae"] if pre and "vae" not in names else []))
+    models = build_models(cfg, names, mesh)
+    if pre and "vae" not in models:  # pre-encoding runs on each process's local devices
+        models.update(build_models(cfg, ["vae"]))
     if "lpips" in names and models.get("lpips") is None:  # no weights: drop the term
         task.use_lpips = False
         task.__post_init__()
@@ -366,7 +396,7 @@ def build_run(cfg: ml_collections.ConfigDict) -> tuple[Trainer, Any]:
     elif tcfg.image_every:
         print("note: no TensorBoard image grids for this run (stage 1 with pre-encoded latents "
               "has no VAE in the step)")
-    trainer = Trainer(task, trainer_models, OptimConfig(**_to_dict(cfg.optim)), tcfg,
+    trainer = Trainer(task, trainer_models, OptimConfig(**_to_dict(cfg.optim)), tcfg, mesh=mesh,
                       grad_scales=scales, image_fn=image_fn, run_config=_to_dict(cfg))
     sharding = batch_sharding(trainer.mesh)
     batches = make_batches(cfg, source, sharding)

@@ -34,6 +34,7 @@ from videomv_jax.diffusion.schedules import alphas_cumprod
 from videomv_jax.models.clip import PromptTruncatedWarning, tokenize
 from videomv_jax.models.clip import preprocess as clip_preprocess
 from videomv_jax.models.lgm import prepare_inputs
+from videomv_jax.parallel.multihost import process_rows
 from videomv_jax.render.camera import normalize_poses, raster_cameras
 from videomv_jax.render.rasterize import rasterize
 
@@ -138,8 +139,9 @@ class Stage1Task(Task):
             out = {"tokens": tokenize(self.tokenizer, captions,
                                       context_length=self.context_length)}
         if self.variant == "image":
-            ref = np.asarray(batch["cond_image"] if "cond_image" in batch
-                             else batch["frames"][:, 0])
+            # this process's rows (batches of a multi-process run hold global arrays)
+            ref = (process_rows(batch["cond_image"]) if "cond_image" in batch
+                   else process_rows(batch["frames"])[:, 0])
             rgb = np.clip(ref * 0.5 + 0.5, 0.0, 1.0)
             out["clip_image"] = clip_preprocess(rgb, crop_size=rgb.shape[1],
                                                 size=self.clip_image_size)

@@ -37,6 +37,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from videomv_jax.data.pipeline import batch_sharding
 from videomv_jax.parallel.mesh import make_mesh, param_shardings
+from videomv_jax.parallel.multihost import agree_any, barrier, to_global
 from videomv_jax.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from videomv_jax.train.tasks import Task, check_models
 
@@ -62,7 +63,8 @@ def ema_update(ema: Any, params: Any, decay: float, step: jax.Array | int,
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Loop settings. ``workdir`` holds ``checkpoints/``, ``tensorboard/`` and ``config.json``.
-    ``mesh_data`` / ``mesh_fsdp``: mesh sizes (one may be -1 = the remaining devices);
+    ``mesh_data`` / ``mesh_fsdp`` / ``mesh_tensor``: mesh sizes (one may be -1 = the remaining
+    devices; ``tensor`` splits kernels' output features / channels, Megatron style);
     ``checkpoint_every`` 0 disables periodic saves (the final and SIGTERM saves remain).
     ``ema_decay``: keep an exponential moving average of the parameters; with ``ema_warmup``
     the decay at step ``k`` is ``min(ema_decay, (1 + k) / (10 + k))``, so that the average
@@ -82,6 +84,7 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 10
     mesh_data: int = -1
     mesh_fsdp: int = 1
+    mesh_tensor: int = 1
     progress: bool = True
     tensorboard: bool = True
 
@@ -140,7 +143,8 @@ class Trainer:
                  image_fn: Callable | None = None, run_config: Mapping[str, Any] | None = None):
         check_models(task, models)
         self.task, self.optim, self.config = task, optim, config
-        self.mesh = mesh if mesh is not None else make_mesh(config.mesh_data, config.mesh_fsdp)
+        self.mesh = mesh if mesh is not None else make_mesh(config.mesh_data, config.mesh_fsdp,
+                                                                config.mesh_tensor)
         self.image_fn = image_fn
         self.run_config = dict(run_config or {})
         names = list(task.trainable) + list(task.frozen)
@@ -148,7 +152,8 @@ class Trainer:
         for name in names:
             model = models[name]
             shardings = param_shardings(model, self.mesh)
-            state = jax.device_put(nnx.state(model), shardings)
+            # models may arrive process-local (loaded on one device) or already global
+            state = to_global(nnx.state(model), shardings)
             nnx.update(model, state)
             g, p, r = nnx.split(model, nnx.Param, ...)
             self.graphdefs[name], self._params[name], self._rest[name] = g, p.to_pure_dict(), r
@@ -162,7 +167,7 @@ class Trainer:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.state_shardings = jax.tree.map(
             lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
-        self.state = jax.device_put(state, self.state_shardings)
+        self.state = to_global(state, self.state_shardings)
         self._step_fn = jax.jit(self._step_impl, donate_argnums=(0,),
                                 out_shardings=(self.state_shardings, replicated))
         self._manager = None
@@ -311,8 +316,18 @@ class Trainer:
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
         """One update on ``batch`` (host dict); returns the step's metrics (device arrays)."""
         with jax.set_mesh(self.mesh):
-            self.state, metrics = self._step_fn(self.state, self.frozen,
-                                                self.device_batch(batch))
+            inputs = self.device_batch(batch)
+            step_fn = self._step_fn
+            if jax.process_count() > 1:
+                if getattr(self, "_compiled_step", None) is None:
+                    # compile first, then start together: a process that runs the step while
+                    # another still compiles waits in a collective, and CPU (gloo)
+                    # collectives time out
+                    self._compiled_step = self._step_fn.lower(self.state, self.frozen,
+                                                              inputs).compile()
+                    barrier("train_step_compiled")
+                step_fn = self._compiled_step
+            self.state, metrics = step_fn(self.state, self.frozen, inputs)
         return metrics
 
     # ---- checkpoints ---------------------------------------------------------------------------
@@ -344,6 +359,7 @@ class Trainer:
         mgr = self.manager()
         if step in mgr.all_steps():
             return step
+        barrier("checkpoint_save")  # orbax syncs with short-timeout collectives: start together
         mgr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(self.state),
             meta=ocp.args.JsonSave(self._meta())), force=force)
@@ -366,6 +382,7 @@ class Trainer:
         step = mgr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.checkpoint_dir}")
+        barrier("checkpoint_restore")  # start together (see save)
         meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta["trainable"] != list(self.task.trainable) or meta["task"] != type(
                 self.task).__name__ or meta["ema"] != (self.config.ema_decay is not None):
@@ -429,7 +446,8 @@ class Trainer:
                     self.save(force=True)
                 if bar is not None:
                     bar.update(1)
-                if self._stop_requested:
+                # every process stops after the same step, even when only some got SIGTERM
+                if agree_any(self._stop_requested):
                     preempted = True
                     break
             if pending is not None:
@@ -480,17 +498,22 @@ class Trainer:
         return SummaryWriter(os.path.join(self.config.workdir, "tensorboard"))
 
     def _log_images(self, writer, batch, step: int) -> None:
-        if writer is None:
+        if not self.config.tensorboard:
             return
         key = jax.random.fold_in(jax.random.key(self.config.seed), step)
         if not hasattr(self, "_image_jit"):
             def run(params, frozen, batch, key):
                 models = self._merge(params, frozen, jax.random.key_data(key))
                 return self.image_fn(models, batch, key)
-            self._image_jit = jax.jit(run)
+            # replicated output: every process can read it, process 0 writes it
+            self._image_jit = jax.jit(run, out_shardings=NamedSharding(self.mesh,
+                                                                       PartitionSpec()))
+        # every process runs the (collective) program, not only the one that writes
         with jax.set_mesh(self.mesh):
             grid = self._image_jit(self.state.params, self.frozen, self.device_batch(batch),
                                    key)
+        if writer is None:
+            return
         grid = np.clip(np.asarray(jax.device_get(grid)), 0.0, 1.0)
         writer.add_images("train/views", grid, step, dataformats="NHWC")
         writer.flush()
