@@ -502,7 +502,8 @@ def test_cli_toy_end_to_end_and_errors(tmp_path):
     (tmp_path / "trunc.pth").write_bytes(data[: len(data) // 2])
     proc = run_cli("test_convert:TOY_KIND", str(tmp_path / "trunc.pth"), str(tmp_path / "o3"),
                    "--format", "torch")
-    assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "is not a readable PyTorch checkpoint" in proc.stderr
+    assert "trunc.pth" in proc.stderr and "weights_only" not in proc.stderr
 
     # bad arguments -> exit 2
     proc = run_cli("test_convert:TOY_KIND", str(src), str(tmp_path / "o4"), "--format", "hf")

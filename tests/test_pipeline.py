@@ -217,7 +217,7 @@ def test_second_prompt_of_the_same_shapes_traces_and_compiles_nothing(sample, ck
     from videomv_jax.pipeline import MultiViewPipeline
 
     args = sample.parse_args(["--prompt", "x", "--checkpoint-dir", str(ckpt), *TINY])
-    cfg, _ = sample.build_config(args, "t2mv")
+    cfg, _, _ = sample.build_config(args, "t2mv")
     pipe = MultiViewPipeline.from_checkpoints(ckpt, cfg)
     first = pipe.text_to_mv(["a red chair"], 3)[0]
     events: list[str] = []
