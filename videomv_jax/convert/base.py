@@ -194,24 +194,32 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {line}" if line else type(err).__name__ + ", no message"
 
 
+def _check_not_empty(path: str) -> None:
+    if os.path.getsize(path) == 0:
+        raise CheckpointReadError(f"checkpoint {path!r} is empty (0 bytes): the download or copy "
+                                  f"did not finish; fetch the file again")
+
+
+def _unreadable(path: str, what: str, err: BaseException) -> CheckpointReadError:
+    """One line naming the file and the reader's gist (zip / pickle / EOF / header errors)."""
+    return CheckpointReadError(f"checkpoint {path!r} is not {what} ({_first_line(err)}): the "
+                               f"file is damaged, truncated or of another format; fetch it again")
+
+
 def load_source_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a PyTorch ``.pth``/``.bin``/``.ckpt`` (needs torch) or ``.safetensors`` (no torch)
     state dict as numpy arrays; a ``{'state_dict': ...}`` wrapper is unwrapped."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if os.path.getsize(path) == 0:
-        raise CheckpointReadError(f"checkpoint {path!r} is empty (0 bytes): the download or copy "
-                                  f"did not finish; fetch the file again")
+    _check_not_empty(path)
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
         try:
             return dict(load_file(path))
         except Exception as err:  # safetensors raises its own error types on a damaged header
-            raise CheckpointReadError(f"checkpoint {path!r} is not a readable .safetensors file "
-                                      f"({_first_line(err)}); the file is damaged or truncated: "
-                                      f"fetch it again") from err
+            raise _unreadable(path, "a readable .safetensors file", err) from err
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -220,9 +228,7 @@ def load_source_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip / pickle / EOF errors: PyTorch's advice does not apply here
-        raise CheckpointReadError(f"checkpoint {path!r} is not a readable PyTorch checkpoint "
-                                  f"({_first_line(err)}): the file is damaged, truncated or not "
-                                  f"a .pth/.bin/.ckpt state dict; fetch it again") from err
+        raise _unreadable(path, "a readable PyTorch checkpoint", err) from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"],
                                                                        Mapping):
         obj = obj["state_dict"]
@@ -340,9 +346,7 @@ def _torch_lazy(path: str) -> dict[str, LazyTensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             mapped = False
     except Exception as err:  # zip / pickle / EOF errors: PyTorch's advice does not apply here
-        raise CheckpointReadError(f"checkpoint {path!r} is not a readable PyTorch checkpoint "
-                                  f"({_first_line(err)}): the file is damaged, truncated or not "
-                                  f"a .pth/.bin/.ckpt state dict; fetch it again") from err
+        raise _unreadable(path, "a readable PyTorch checkpoint", err) from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"],
                                                                        Mapping):
         obj = obj["state_dict"]
@@ -378,18 +382,14 @@ def open_source_checkpoint(path: str | os.PathLike) -> dict[str, LazyTensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if os.path.getsize(path) == 0:
-        raise CheckpointReadError(f"checkpoint {path!r} is empty (0 bytes): the download or copy "
-                                  f"did not finish; fetch the file again")
+    _check_not_empty(path)
     if path.endswith(".safetensors"):
         try:
             return _safetensors_lazy(path)
         except (CheckpointReadError, FileNotFoundError):
             raise
         except Exception as err:  # a damaged header: json / struct / unicode errors
-            raise CheckpointReadError(f"checkpoint {path!r} is not a readable .safetensors file "
-                                      f"({_first_line(err)}); the file is damaged or truncated: "
-                                      f"fetch it again") from err
+            raise _unreadable(path, "a readable .safetensors file", err) from err
     try:
         import torch  # noqa: F401
     except ImportError as err:  # pragma: no cover - depends on the environment
