@@ -206,6 +206,32 @@ def _unreadable(path: str, what: str, err: BaseException) -> CheckpointReadError
                                f"file is damaged, truncated or of another format; fetch it again")
 
 
+def _torch_state_dict(path: str, mmap: bool) -> tuple[Mapping[str, Any], bool]:
+    """``torch.load(weights_only=True)`` of a state dict (a ``{'state_dict': ...}`` wrapper
+    unwrapped) → ``(state, mapped)``. With ``mmap`` the file is memory-mapped where its format
+    allows (a legacy non-zip ``.pth`` is read whole instead: ``mapped`` is then False)."""
+    import torch
+
+    try:
+        mapped = False
+        if mmap:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                mapped = True
+            except RuntimeError:  # legacy serialisation cannot be memory-mapped
+                pass
+        if not mapped:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip / pickle / EOF errors: PyTorch's advice does not apply here
+        raise _unreadable(path, "a readable PyTorch checkpoint", err) from err
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"],
+                                                                       Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path!r} does not hold a state dict (got {type(obj).__name__})")
+    return obj, mapped
+
+
 def load_source_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a PyTorch ``.pth``/``.bin``/``.ckpt`` (needs torch) or ``.safetensors`` (no torch)
     state dict as numpy arrays; a ``{'state_dict': ...}`` wrapper is unwrapped."""
@@ -221,19 +247,11 @@ def load_source_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         except Exception as err:  # safetensors raises its own error types on a damaged header
             raise _unreadable(path, "a readable .safetensors file", err) from err
     try:
-        import torch
+        import torch  # noqa: F401 - a clear error where PyTorch is missing
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(f"reading {path!r} needs PyTorch: pip install 'videomv-jax[torch]'"
                           ) from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # zip / pickle / EOF errors: PyTorch's advice does not apply here
-        raise _unreadable(path, "a readable PyTorch checkpoint", err) from err
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"],
-                                                                       Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path!r} does not hold a state dict (got {type(obj).__name__})")
+    obj, _ = _torch_state_dict(path, mmap=False)
     return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
             for k, v in obj.items() if hasattr(v, "detach")}
 
@@ -338,20 +356,7 @@ def _torch_lazy(path: str) -> dict[str, LazyTensor]:
     a legacy (non-zip) ``.pth`` is read whole instead."""
     import torch
 
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            mapped = True
-        except RuntimeError:  # legacy serialisation cannot be memory-mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            mapped = False
-    except Exception as err:  # zip / pickle / EOF errors: PyTorch's advice does not apply here
-        raise _unreadable(path, "a readable PyTorch checkpoint", err) from err
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"],
-                                                                       Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path!r} does not hold a state dict (got {type(obj).__name__})")
+    obj, mapped = _torch_state_dict(path, mmap=True)
     out: dict[str, LazyTensor] = {}
     for key, t in obj.items():
         if not hasattr(t, "detach"):
