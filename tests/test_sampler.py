@@ -169,21 +169,38 @@ def test_progress_bar_is_advanced_from_the_compiled_loop(plain_run, inputs, caps
     assert f"{STEPS}/{STEPS}" in err, err
 
 
-def test_step_callback_reports_each_chunk_before_the_call_returns(plain_run, inputs):
-    """The web demo's progress: ``step_callback(done, total)`` after each compiled chunk of
-    ``progress_chunk`` steps, in order, on the calling thread; the result is the plain loop's."""
-    sampler, (x_ref, _) = plain_run
-    seen = []
-    sampler.step_callback = lambda done, total: seen.append((done, total))
-    try:
-        x, _ = sampler(*inputs)
-    finally:
-        sampler.step_callback = None
-    chunk = sampler.progress_chunk
-    assert seen == [(k, STEPS) for k in range(chunk, STEPS + 1, chunk)]
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(x_ref))  # same numbers
+def test_step_callback_reports_each_segment_and_matches_the_single_scan(plain_run, inputs):
+    """The web demo's progress: ``step_callback(done, total)`` after every ``steps_per_call``
+    steps (1, and 2 with a shorter last segment), in order, on the calling thread. The
+    segmented loop (one executable, traced bounds) gives the single scan's numbers bit for bit,
+    trajectory included."""
+    from videomv_jax.diffusion.sampler import _check_inputs
+
+    sampler, _ = plain_run
+    noise, cond, uncond, cams, key = inputs
+    mask = _check_inputs(noise, cond, uncond, cams, sampler.config, None)
+    x_scan, aux_scan = sampler.jitted(sampler.states(), noise, dict(cond), dict(uncond),
+                                      jnp.asarray(cams, jnp.float32), key, jnp.asarray(mask))
+    for per_call, want in ((1, [1, 2, 3, 4, 5]), (2, [2, 4, 5])):
+        seen = []
+        sampler.step_callback = lambda done, total, seen=seen: seen.append((done, total))
+        sampler.steps_per_call = per_call
+        try:
+            x, aux = sampler(*inputs)
+        finally:
+            sampler.step_callback = None
+            sampler.steps_per_call = 1
+        assert seen == [(k, STEPS) for k in want]
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(x_scan))
+        np.testing.assert_array_equal(np.asarray(aux["trajectory"]),
+                                      np.asarray(aux_scan["trajectory"]))
+    assert sampler._jitted_segment._cache_size() == 1  # one executable for every segment
     jax.block_until_ready(sampler(*inputs))
-    assert len(seen) == STEPS // chunk  # detached: no more calls
+    assert len(seen) == 3  # detached: no more calls
+    sampler.steps_per_call = 0
+    with pytest.raises(ValueError, match="steps_per_call"):
+        sampler(*inputs)
+    sampler.steps_per_call = 1
 
 
 # ---- (2) plain vs 3D-aware ----------------------------------------------------------------------
@@ -386,10 +403,9 @@ def test_config_validation_and_round_trip(models, inputs):
         aware(noise[:, :8], cond, uncond, cams[:8], key)
 
 
-def test_progress_chunks_divide_the_steps():
-    """The progress bar's chunks: equal (one executable), at least 2 steps each (XLA may fold a
-    one-trip scan into its surroundings), at most 10 calls when possible."""
+def test_progress_chunks_are_a_tenth_of_the_steps():
+    """The CLI bar's default segment: at most 10 compiled calls per sample, at least 1 step."""
     from videomv_jax.diffusion.sampler import progress_chunk
 
-    assert [progress_chunk(n) for n in (1, 2, 4, 5, 20, 23, 25, 50, 100)] == \
-        [1, 2, 2, 5, 2, 23, 5, 5, 10]
+    assert [progress_chunk(n) for n in (1, 2, 5, 10, 11, 23, 25, 50, 100)] == \
+        [1, 1, 1, 1, 2, 3, 3, 5, 10]

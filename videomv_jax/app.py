@@ -163,12 +163,14 @@ class DemoModel:
         self.default_sampling = {m: (c.sampler.num_steps, tuple(c.sampler.aware_steps))
                                  for m, c in self.configs.items()}
         for mode, cfg in self.configs.items():
-            cfg.sampler.progress = True  # per-step callbacks from the compiled loop
+            cfg.sampler.progress = True  # the loop in segments, a callback after each
             if steps is not None:
                 _set_steps(cfg, int(steps), True, *self.default_sampling[mode])
                 _sampler_config(cfg)  # a bad --steps fails at start-up
         self.pipelines = {m: MultiViewPipeline.from_checkpoints(c.checkpoint_dir, c)
                           for m, c in self.configs.items()} if load else {}
+        for pipe in self.pipelines.values():
+            pipe.steps_per_call = 1  # the page's progress advances after every DDIM step
         self.lock = threading.Lock()  # one sample at a time (the page's queue also ensures it)
 
     @property

@@ -242,6 +242,9 @@ class MultiViewPipeline:
         """``step_callback(done, num_steps)`` as the denoising loop advances (with
         ``sampler.progress``, the configs' default), e.g. a web page's progress bar; see
         ``Sampler.step_callback``."""
+        self.steps_per_call: int | None = None
+        """DDIM steps between ``step_callback`` calls (None: the sampler's default, at most 10
+        calls per sample; 1: after every step, same executable)."""
         self._decode = nnx.jit(lambda vae, z: jnp.clip(vae.decode_frames(z) * 0.5 + 0.5, 0.0,
                                                        1.0)[0])
         self._reconstruct = None  # (sampler config, jitted views -> Gaussians)
@@ -388,6 +391,8 @@ class MultiViewPipeline:
             sampler = self._samplers[scfg] = make_sampler(
                 self.models["unet"], self.models["vae"], self.models["lgm"], scfg)
         sampler.step_callback = self.step_callback
+        if self.steps_per_call is not None:
+            sampler.steps_per_call = int(self.steps_per_call)
         vae = self.models["vae"]
         h = c.resolution // vae.config.downsample_factor
         key_noise, key_sample = jax.random.split(jax.random.key(seed))

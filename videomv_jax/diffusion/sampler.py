@@ -102,8 +102,8 @@ class SamplerConfig:
     branches as one batch of 2B (faster; the same numbers up to float reassociation) instead of
     two passes (less memory). ``encode_sample`` samples the VAE posterior when re-encoding
     renders (released) instead of taking its mean. ``keep_trajectory`` returns x after every
-    step in ``aux["trajectory"]``. ``progress`` shows a tqdm bar: the loop then runs in equal
-    chunks of steps (:func:`progress_chunk`), the same compiled scan for every chunk.
+    step in ``aux["trajectory"]``. ``progress`` shows a tqdm bar: the loop then runs in
+    segments of steps (:func:`progress_chunk`), one executable for every segment length.
     """
 
     num_steps: int = 50
@@ -552,14 +552,16 @@ class Sampler:
         self.graphdefs, _ = _split(unet, vae, lgm)
         self.step = _build_step(self.graphdefs, config, self.schedule, None)
         self.step_callback: Callable[[int, int], None] | None = None
-        """Called as ``step_callback(done, num_steps)`` after each compiled chunk of
-        ``progress_chunk`` DDIM steps when ``config.progress`` is set (on the calling thread),
-        e.g. to drive a web page's progress bar."""
+        """Called as ``step_callback(done, num_steps)`` after every ``steps_per_call`` DDIM
+        steps when ``config.progress`` is set (on the calling thread), e.g. to drive a web
+        page's progress bar."""
         self.jitted = jax.jit(self._sample)
-        # progress: the same scan in equal chunks of steps, the bar advanced between calls (a
-        # host callback inside the loop would keep the executable out of the persistent
-        # compilation cache)
-        self.progress_chunk = progress_chunk(config.num_steps)
+        # progress: the loop run ``steps_per_call`` steps at a time, the bar advanced between
+        # calls (a host callback inside the loop would keep the executable out of the
+        # persistent compilation cache). The segment's bounds are traced, so one executable
+        # serves every segment length, one step included.
+        self.steps_per_call: int = progress_chunk(config.num_steps)
+        """DDIM steps per compiled call with ``config.progress`` (1: a callback per step)."""
         self._jitted_init = jax.jit(self._init)
         self._jitted_segment = jax.jit(self._segment)
 
@@ -570,12 +572,19 @@ class Sampler:
         return noise, _init_aux(vae, lgm, noise, sampler_geometry(cameras, self.config),
                                 self.config)
 
-    def _segment(self, states, x, aux, cond, uncond, cameras, key, mask, start):
+    def _segment(self, states, carry, cond, uncond, cameras, key, mask, start, stop):
+        """Steps ``start`` ≤ i < ``stop`` (traced: a while loop whose trip count XLA cannot
+        see, so it is never folded into its surroundings; the body is the scan's step)."""
         consts = (cond, uncond, sampler_geometry(cameras, self.config), key)
-        chunk = self.progress_chunk
-        steps = start + jnp.arange(chunk, dtype=jnp.int32)
-        xs = (steps, lax.dynamic_slice(mask, (start,), (chunk,)))
-        return lax.scan(lambda c, xs: self.step(states, consts, c, xs), (x, aux), xs)
+
+        def body(i, carry):
+            x, aux, traj = carry
+            (x, aux), x_next = self.step(states, consts, (x, aux), (i, mask[i]))
+            if traj is not None:
+                traj = lax.dynamic_update_index_in_dim(traj, x_next, i, 0)
+            return x, aux, traj
+
+        return lax.fori_loop(start, stop, body, carry)
 
     def _sample(self, states, noise, cond, uncond, cameras, key, mask):
         _, vae, lgm = _merge(self.graphdefs, states)
@@ -592,20 +601,24 @@ class Sampler:
     def _sample_with_progress(self, states, noise, cond, uncond, cameras, key, mask):
         from tqdm.auto import tqdm
 
-        n, chunk = self.config.num_steps, self.progress_chunk
+        n, per_call = self.config.num_steps, self.steps_per_call
+        if not (isinstance(per_call, int) and per_call >= 1):
+            raise ValueError(f"Sampler.steps_per_call must be a positive int, got {per_call!r}")
         x, aux = self._jitted_init(states, noise, cameras)
-        trajectory = []
+        traj = (jnp.zeros((n, *x.shape), x.dtype) if self.config.keep_trajectory else None)
+        carry = (x, aux, traj)
         with tqdm(total=n, desc="DDIM", unit="step") as bar:
-            for start in range(0, n, chunk):
-                (x, aux), traj = self._jitted_segment(states, x, aux, cond, uncond, cameras,
-                                                      key, mask, jnp.int32(start))
-                jax.block_until_ready(x)
-                bar.update(chunk)
+            for start in range(0, n, per_call):
+                stop = min(start + per_call, n)
+                carry = self._jitted_segment(states, carry, cond, uncond, cameras, key, mask,
+                                             jnp.int32(start), jnp.int32(stop))
+                jax.block_until_ready(carry[0])
+                bar.update(stop - start)
                 if self.step_callback is not None:
-                    self.step_callback(start + chunk, n)
-                trajectory.append(traj)
+                    self.step_callback(stop, n)
+        x, aux, traj = carry
         if self.config.keep_trajectory:
-            aux["trajectory"] = jnp.concatenate(trajectory)
+            aux["trajectory"] = traj
         return x, aux
 
     def states(self) -> tuple:
@@ -638,15 +651,11 @@ class Sampler:
 
 
 def progress_chunk(num_steps: int) -> int:
-    """DDIM steps per compiled call when a progress bar is shown: the smallest divisor ≥ 2 of
-    ``num_steps`` that needs at most 10 calls (every call runs the same executable, a scan of
-    that many steps; at least 2, because XLA may simplify a one-trip loop away and fuse its
-    body with the surroundings, which can round differently from the single scan; measured on
-    videomv-tiny, 25 steps in chunks of 5: bit-identical to the single scan)."""
-    for d in range(2, num_steps + 1):
-        if num_steps % d == 0 and num_steps // d <= 10:
-            return d
-    return num_steps
+    """The default DDIM steps per compiled call when a progress bar is shown: at most 10 calls
+    per sample, a few host round trips (the last call may run fewer steps; every call runs
+    the same executable). Set :attr:`Sampler.steps_per_call` to 1 for a callback after every
+    step."""
+    return max(1, -(-int(num_steps) // 10))
 
 
 def make_sampler(unet: nnx.Module, vae: nnx.Module | None, lgm: nnx.Module | None,
