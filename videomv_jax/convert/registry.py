@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import jax
@@ -417,6 +417,81 @@ def check_source(
     return len(_plan(k, fmt, dict(source), config, target).rules)
 
 
+def iter_converted(
+    kind: str | ModelKind,
+    fmt: str,
+    source: MutableMapping[str, Any],
+    config: Any,
+    *,
+    target: Mapping[Path, Any] | None = None,
+    consume: bool = True,
+    progress: bool = False,
+    dtype: Any = None,
+) -> Iterator[tuple[Path, np.ndarray]]:
+    """Convert a source state dict for ``kind`` in format ``fmt``, one tensor at a time.
+
+    The layout check of :func:`check_source` (zero-strided float32 placeholders of the source
+    shapes against float32 target shapes, through
+    :func:`~videomv_jax.convert.base.convert_state_dict`) runs first, when this is called:
+    every missing / unexpected / mis-shaped / duplicated key is reported at once as a
+    :class:`~videomv_jax.convert.base.ConversionError` before anything is read. The returned
+    iterator then yields ``(parameter path, array)`` pairs, each a fresh C-contiguous numpy
+    array of the parameter dtype, converted only when asked for: hand it to
+    :func:`~videomv_jax.model_store.save_converted`, which writes each array before asking for
+    the next, and no more than one converted tensor is held at a time.
+
+    With ``consume`` (default) the source dict is worked on in place: a format's preprocessing
+    (e.g. q/k/v fusion) rewrites it, keys that are not used at all (other prefixes, ignored
+    keys) are deleted first, and each entry is deleted as soon as its last rule used it (the
+    caller must hold no other references to the source arrays for them to be freed).
+    ``consume=False`` leaves the caller's dict untouched. ``source`` values may be
+    :class:`~videomv_jax.convert.base.LazyTensor` (from
+    :func:`~videomv_jax.convert.base.open_source_checkpoint`): each is read only when its rule
+    runs, and released after its last use. ``dtype`` (e.g. ``"float16"``) overrides the
+    parameter dtype of the floating-point outputs (keep a half-precision release in half
+    precision: save with ``storage_dtype`` of the same name). ``target`` ({path: shape/dtype})
+    defaults to the abstract model of ``config``.
+    """
+    k = get_kind(kind)
+    if not consume:
+        source = dict(source)
+    plan = _plan(k, fmt, source, config, target)
+    out_dtype = None if dtype is None else np.dtype(jax.numpy.dtype(dtype))
+    uses = Counter(r.source for r in plan.rules)
+    if consume:
+        needed = {plan.keymap[r] for r in uses}
+        for sk in [sk for sk in source if sk not in needed]:
+            del source[sk]
+    return _converted(k, plan, source, uses, out_dtype, consume, progress)
+
+
+def _converted(k: ModelKind, plan: _Plan, source: MutableMapping[str, Any], uses: Counter,
+               out_dtype: np.dtype | None, consume: bool, progress: bool
+               ) -> Iterator[tuple[Path, np.ndarray]]:
+    it: Iterable[Rule] = plan.rules
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(plan.rules, desc=f"converting {k.name}", unit="tensor")
+    for rule in it:
+        sk = plan.keymap[rule.source]
+        value = rule.transform(np.asarray(source[sk]))
+        want = np.dtype(plan.target[rule.target].dtype)
+        if out_dtype is not None and np.issubdtype(want, np.floating):
+            want = out_dtype
+        # a fresh C-contiguous array: never a view into the (memory-mapped) source
+        value = np.array(value, dtype=want, order="C", copy=True)
+        uses[rule.source] -= 1
+        if uses[rule.source] == 0:
+            release = getattr(source[sk], "release", None)
+            if release is not None:
+                release()
+            if consume:
+                del source[sk]
+        yield rule.target, value
+        del value
+
+
 def convert_source(
     kind: str | ModelKind,
     fmt: str,
@@ -429,68 +504,16 @@ def convert_source(
     device: jax.Device | None = None,
     dtype: Any = None,
 ) -> dict[Path, Any]:
-    """Convert a source state dict (numpy arrays) for ``kind`` in format ``fmt``.
-
-    Two passes keep memory low:
-
-    1. the layout check of :func:`check_source` (zero-strided float32 placeholders of the
-       source shapes against float32 target shapes, through
-       :func:`~videomv_jax.convert.base.convert_state_dict`) reports every missing /
-       unexpected / mis-shaped / duplicated key at once as a
-       :class:`~videomv_jax.convert.base.ConversionError` before anything is allocated;
-    2. tensors are then converted one by one into contiguous arrays of the parameter dtype.
-       With ``consume`` (default) the source dict is worked on in place: a format's
-       preprocessing (e.g. q/k/v fusion) rewrites it, keys that are not used at all (other
-       prefixes, ignored keys) are deleted first, and each entry is deleted as soon as its last
-       rule used it, so the source shrinks while the result grows (the caller must hold no
-       other references to the source arrays for them to be freed). ``consume=False`` leaves
-       the caller's dict untouched.
-
-    ``source`` values may be :class:`~videomv_jax.convert.base.LazyTensor` (from
-    :func:`~videomv_jax.convert.base.open_source_checkpoint`): each is read only when its rule
-    runs, and released after its last use. ``dtype`` (e.g. ``"float16"``) overrides the
-    parameter dtype of the floating-point outputs (keep a half-precision release in half
-    precision: save with ``storage_dtype`` of the same name).
-    ``target`` ({path: shape/dtype}) defaults to the abstract model of ``config``.
-    Returns {parameter path: numpy array}, or jax arrays on ``device`` when given (each tensor
-    is moved as soon as it is converted). Pass ``jax.devices("cpu")[0]`` before
-    :func:`~videomv_jax.model_store.save_converted`: orbax writes jax arrays without
-    staging a second host copy of the whole tree, which it does for numpy leaves.
-    """
-    k = get_kind(kind)
-    if not consume:
-        source = dict(source)
-    plan = _plan(k, fmt, source, config, target)
-    rules, keymap, target = plan.rules, plan.keymap, plan.target
-    uses = Counter(r.source for r in rules)
-    out_dtype = None if dtype is None else np.dtype(jax.numpy.dtype(dtype))
-    if consume:
-        needed = {keymap[r] for r in uses}
-        for sk in [sk for sk in source if sk not in needed]:
-            del source[sk]
+    """All of :func:`iter_converted` as a dict ``{parameter path: numpy array}``, or jax
+    arrays on ``device`` when given (each tensor moved as soon as it is converted). The source
+    shrinks while the result grows (see :func:`iter_converted` for ``consume``, ``dtype`` and
+    ``target``); to write a converted directory without holding the whole model, pass
+    :func:`iter_converted` to :func:`~videomv_jax.model_store.save_converted` instead."""
     out: dict[Path, Any] = {}
-    it: Iterable[Rule] = rules
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(rules, desc=f"converting {k.name}", unit="tensor")
-    for rule in it:
-        sk = keymap[rule.source]
-        value = rule.transform(np.asarray(source[sk]))
-        want = np.dtype(target[rule.target].dtype)
-        if out_dtype is not None and np.issubdtype(want, np.floating):
-            want = out_dtype
-        # a fresh C-contiguous array: never a view into the (memory-mapped) source
-        value = np.array(value, dtype=want, order="C", copy=True)
-        out[rule.target] = value if device is None else jax.device_put(value, device)
+    for path, value in iter_converted(kind, fmt, source, config, target=target,
+                                      consume=consume, progress=progress, dtype=dtype):
+        out[path] = value if device is None else jax.device_put(value, device)
         del value
-        uses[rule.source] -= 1
-        if uses[rule.source] == 0:
-            release = getattr(source[sk], "release", None)
-            if release is not None:
-                release()
-            if consume:
-                del source[sk]
     return out
 
 

@@ -3,9 +3,9 @@
 :func:`convert_file` converts one checkpoint file into a converted-model directory: the source
 is opened lazily (:func:`~videomv_jax.convert.base.open_source_checkpoint`: names and shapes
 only), the config is read off its shapes unless given (:func:`~videomv_jax.convert.infer.
-infer_config`), tensors are read, converted and released one at a time (only the keys the
-model uses are ever read), and the result is written with
-:func:`~videomv_jax.model_store.save_converted`.
+infer_config`), and tensors are read, converted, written and released one at a time
+(:func:`~videomv_jax.convert.registry.iter_converted` into
+:func:`~videomv_jax.model_store.save_converted`; only the keys the model uses are ever read).
 
 :func:`convert_release` writes the directory that ``sample.py --checkpoint-dir`` reads
 (``unet/ vae/ clip_text/ (+tokenizer/) lgm/`` and, for image→MV, ``clip_vision/``) from the
@@ -61,14 +61,12 @@ def convert_file(
     names another. Raises ``ConversionError`` / ``ConfigInferenceError`` / ``ValueError`` /
     ``FileNotFoundError`` with a message for the user.
     """
-    import jax
-
     from videomv_jax.convert.base import open_source_checkpoint
     from videomv_jax.convert.infer import infer_config
     from videomv_jax.convert.registry import (
         check_source,
-        convert_source,
         get_kind,
+        iter_converted,
         kind_ref,
         resolve_config,
     )
@@ -110,10 +108,10 @@ def convert_file(
             extra.append((tmp.name, "tokenizer"))
             log("tokenizer: the shipped OpenCLIP BPE vocabulary (49,408 tokens)")
     try:
-        converted = convert_source(k, fmt, source, cfg, progress=progress,
-                                   device=jax.devices("cpu")[0], dtype=storage_dtype)
+        # tensors are read, converted and written one at a time (the layout was checked when
+        # iter_converted was called, before anything is read or written)
+        converted = iter_converted(k, fmt, source, cfg, progress=progress, dtype=storage_dtype)
         del source
-        n_params = sum(int(v.size) for v in converted.values())
         info = {"path": os.path.abspath(source_path), "file": os.path.basename(source_path),
                 "bytes": os.path.getsize(source_path), "format": fmt, "num_tensors": n_tensors,
                 "config_from": how}
@@ -123,7 +121,8 @@ def convert_file(
     finally:
         if tmp is not None:
             tmp.cleanup()
-    log(f"wrote {path} ({k.name}, {len(converted)} tensors, {n_params:,} parameters"
+    meta = json.loads((path / "config.json").read_text())
+    log(f"wrote {path} ({k.name}, {meta['num_params']:,} parameters"
         f"{', stored as ' + storage_dtype if storage_dtype else ''}) in {time.time() - t0:.1f}s")
     return path, cfg
 
