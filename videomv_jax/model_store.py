@@ -39,8 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from videomv_jax.convert.base import Path, path_str
-from videomv_jax.convert.registry import ModelKind, get_kind, kind_ref
+from videomv_jax.models.registry import (
+    ModelKind,
+    Path,
+    abstract_params,
+    get_kind,
+    kind_ref,
+    path_str,
+)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -256,8 +262,9 @@ def _write_orbax_metadata(params_dir: FsPath, shapes: Mapping[Path, tuple[int, .
     sharding = ocp.metadata.SingleDeviceShardingMetadata.from_jax_sharding(
         jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])).to_serialized_string()
     shard_file, arrays = {}, []
-    for path, shape in shapes.items():
-        keys = tuple(str(p) for p in path)
+    # in the order of orbax's tree flattening (keys sorted level by level)
+    for keys, shape in sorted((tuple(str(p) for p in path), shape)
+                              for path, shape in shapes.items()):
         name = ".".join(keys)
         tree[str(keys)] = {"key_metadata": [{"key": k, "key_type": 2} for k in keys],
                            "value_metadata": {"value_type": "jax.Array",
@@ -299,7 +306,7 @@ def save_converted(
 
     ``params``: ``{path: array}`` (as ``convert_state_dict`` returns), an ``nnx.State``, a
     Module (its ``nnx.Param`` values), or an iterable of ``(path, array)`` pairs (e.g.
-    :func:`~videomv_jax.convert.registry.iter_converted`), which is consumed one array at a
+    :func:`videomv_jax.convert.registry.iter_converted`), which is consumed one array at a
     time: each is written (:class:`ParamWriter`) before the next is asked for, so a converter
     never holds the whole model.
     ``storage_dtype`` (e.g. ``"float16"``) stores the floating-point parameters in that dtype
@@ -330,8 +337,6 @@ def save_converted(
                          "pass a dict, State or Module")
     abstract = None
     if check:
-        from videomv_jax.convert.base import abstract_params
-
         abstract = abstract_params(k.abstract(config))
     flat: dict[Path, Any] = {}
     if not stream:
