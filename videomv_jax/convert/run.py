@@ -36,6 +36,31 @@ def config_summary(config: Any) -> str:
     return json.dumps(config.to_dict(), default=str)
 
 
+def choose_config(kind: Any, fmt: str, source: Any, spec: str | None) -> tuple[Any, str]:
+    """``(config, how)`` for converting ``source``: read off its shapes
+    (:func:`~videomv_jax.convert.infer.infer_config`) when ``spec`` is ``None``; a preset name
+    replaces it; JSON fields (a file or inline ``{...}``) override those fields of the config
+    read off the shapes (the rest stays as read), or of the defaults when the shapes cannot be
+    placed."""
+    from videomv_jax.convert.base import ConversionError
+    from videomv_jax.convert.infer import ConfigInferenceError, infer_config
+    from videomv_jax.convert.registry import get_kind, resolve_config
+    from videomv_jax.models.registry import config_fields
+
+    k = get_kind(kind)
+    if spec is None:
+        return infer_config(k, fmt, source)
+    fields = config_fields(k, spec)
+    if fields is None:
+        return resolve_config(k, spec), f"--config preset {spec!r}"
+    try:
+        inferred, how = infer_config(k, fmt, source)
+    except (ConfigInferenceError, ConversionError):
+        return resolve_config(k, spec), f"--config {spec} (defaults for the fields not given)"
+    merged = k.config_from_dict({**inferred.to_dict(), **fields})
+    return merged, f"{how}, with {', '.join(sorted(fields))} from --config"
+
+
 def convert_file(
     kind: str,
     fmt: str,
@@ -53,22 +78,21 @@ def convert_file(
     """Convert ``source_path`` (``.pth``/``.bin``/``.ckpt``/``.safetensors``) as ``kind`` /
     ``fmt`` into ``out_dir``; returns ``(written directory or None for dry_run, config)``.
 
-    ``config``: ``None`` reads the sizes off the checkpoint (printed); a preset name or JSON
-    overrides. ``storage_dtype`` (``"float16"``/``"bfloat16"``) converts and stores floating
-    parameters in that dtype (a half-precision release stays half: half the memory and disk);
-    loading casts them to the model's dtype. A ``clip-text`` model with OpenCLIP's 49,408-token
-    vocabulary gets the shipped OpenCLIP tokenizer in ``tokenizer/`` unless ``tokenizer_dir``
-    names another. Raises ``ConversionError`` / ``ConfigInferenceError`` / ``ValueError`` /
+    ``config``: ``None`` reads the sizes off the checkpoint (printed); a preset name replaces
+    them, JSON fields override those fields (:func:`choose_config`). ``storage_dtype``
+    (``"float16"``/``"bfloat16"``) converts and stores floating parameters in that dtype (a
+    half-precision release stays half: half the memory and disk); loading casts them to the
+    model's dtype. A ``clip-text`` model with OpenCLIP's 49,408-token vocabulary gets the
+    shipped OpenCLIP tokenizer in ``tokenizer/`` unless ``tokenizer_dir`` names another.
+    Raises ``ConversionError`` / ``ConfigInferenceError`` / ``ValueError`` /
     ``FileNotFoundError`` with a message for the user.
     """
     from videomv_jax.convert.base import open_source_checkpoint
-    from videomv_jax.convert.infer import infer_config
     from videomv_jax.convert.registry import (
         check_source,
         get_kind,
         iter_converted,
         kind_ref,
-        resolve_config,
     )
     from videomv_jax.model_store import save_converted
 
@@ -84,10 +108,7 @@ def convert_file(
     t0 = time.time()
     source = open_source_checkpoint(source_path)
     n_tensors = len(source)
-    if config is None:
-        cfg, how = infer_config(k, fmt, source)
-    else:
-        cfg, how = resolve_config(k, config), f"--config {config}"
+    cfg, how = choose_config(k, fmt, source, config)
     log(f"{k.name} config ({how}): {config_summary(cfg)}")
     if dry_run:
         n = check_source(k, fmt, source, cfg)

@@ -200,12 +200,12 @@ def kind_ref(kind: str | ModelKind) -> str:
                      f"'module:attr' reference so that it can be found again when loading")
 
 
-def resolve_config(kind: str | ModelKind, spec: str | Mapping[str, Any] | None = None) -> Any:
-    """Config from a preset name, a JSON file, inline JSON (``{...}``) or a dict. A converted
-    directory's ``config.json`` (``{"model": ..., "config": {...}}``) is accepted too."""
+def config_fields(kind: str | ModelKind, spec: str | Mapping[str, Any]
+                  ) -> dict[str, Any] | None:
+    """The config fields a JSON file, inline JSON (``{...}``) or dict gives (a converted
+    directory's ``config.json``, ``{"model": ..., "config": {...}}``, is unwrapped after its
+    kind is checked); ``None`` when ``spec`` is a preset name."""
     k = get_kind(kind)
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
-        return k.make_config(None)
     if isinstance(spec, str):
         text = spec.strip()
         if text.startswith("{"):
@@ -220,7 +220,7 @@ def resolve_config(kind: str | ModelKind, spec: str | Mapping[str, Any] | None =
             except (OSError, json.JSONDecodeError) as err:
                 raise ValueError(f"cannot read config JSON {text!r}: {err}") from err
         else:
-            return k.make_config(text)
+            return None
     else:
         data = spec
     if isinstance(data, Mapping) and "config" in data and "model" in data:
@@ -237,4 +237,17 @@ def resolve_config(kind: str | ModelKind, spec: str | Mapping[str, Any] | None =
         data = data["config"]
     if not isinstance(data, Mapping):
         raise ValueError(f"a config JSON must be an object, got {type(data).__name__}")
-    return k.config_from_dict(data)
+    return dict(data)
+
+
+def resolve_config(kind: str | ModelKind, spec: str | Mapping[str, Any] | None = None) -> Any:
+    """Config from a preset name, a JSON file, inline JSON (``{...}``) or a dict (fields not
+    given take the config class's defaults). A converted directory's ``config.json``
+    (``{"model": ..., "config": {...}}``) is accepted too."""
+    k = get_kind(kind)
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return k.make_config(None)
+    fields = config_fields(k, spec)
+    if fields is None:
+        return k.make_config(spec.strip())
+    return k.config_from_dict(fields)

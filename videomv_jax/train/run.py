@@ -77,8 +77,8 @@ def build_models(cfg: ml_collections.ConfigDict, names: list[str],
     spanning several processes) parameters are restored / created straight into their
     shardings on it (converted checkpoints; models initialised at random are built on the
     first local device, identically on every process, and placed by the trainer)."""
-    from videomv_jax.models.registry import get_kind
     from videomv_jax.model_store import load_converted
+    from videomv_jax.models.registry import get_kind
 
     models: dict[str, Any] = {}
     for name in names:
