@@ -414,6 +414,18 @@ def test_save_converted_streams_one_array_at_a_time(tmp_path):
     model, _ = load_converted(out)
     x = toy_input()
     np.testing.assert_array_equal(np.asarray(forward(model, x)), np.asarray(forward(ref, x)))
+    # ... through the loader's direct tensorstore path (it falls back to orbax silently)
+    import jax
+
+    from videomv_jax.model_store import _read_single_device
+
+    dev = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    target = {p: jax.ShapeDtypeStruct(np.shape(v), np.float32, sharding=dev)
+              for p, v in abstract_params(ref).items()}
+    direct = _read_single_device(out / "params", target)
+    assert direct is not None
+    np.testing.assert_array_equal(np.asarray(direct["blocks"]["1"]["kernel"]),
+                                  np.asarray(ref.blocks[1].kernel[...]))
     # the layout is still checked (after writing, before config.json)
     short = ((p, v) for p, v in iter_converted(TOY_KIND, "torch", dict(sd), cfg)
              if p != ("norm", "bias"))
