@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                     "convert_torch_weights.py release --help.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="model kinds, presets and source formats:\n" + describe_kinds() + "\n\n"
-               "KIND may also be 'package.module:ATTR' naming a videomv_jax.convert.registry."
-               "ModelKind (plug-in models).\n\n"
+               "KIND may also be 'package.module:ATTR' naming a videomv_jax.models.registry."
+               "ModelKind whose formats are videomv_jax.convert.registry.SourceFormat "
+               "(plug-in models).\n\n"
                "examples:\n"
                "  convert_torch_weights.py unet-t2v t2v_00333000.pth out/unet-t2v --format vgen\n"
                "  convert_torch_weights.py vae v2-1_512-ema-pruned.ckpt out/vae --format ldm\n"
