@@ -112,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         if storage:
             cmd += ["--storage-dtype", storage]
         log(f"{case}: {' '.join(cmd[1:])}")
+        load = os.getloadavg()[0]
         rss, wall, _ = _time_v(cmd)
         meta = json.loads((out / "config.json").read_text())
         written = meta["num_params"] * (2 if storage in ("float16", "bfloat16") else 4)
         rows.append((case, fname, os.path.getsize(src), meta["source"]["num_tensors"],
-                     meta["num_params"], storage or "float32", written, rss, wall))
+                     meta["num_params"], storage or "float32", written, rss, wall, load))
         log(f"  peak RSS {rss / 2**30:.2f} GiB, written {written / 2**30:.2f} GiB, {wall:.0f}s")
         if not args.keep:
             subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -133,14 +134,18 @@ def main(argv: list[str] | None = None) -> int:
              "released dtypes (values not set); each conversion in its own process under "
              "`/usr/bin/time -v` (peak RSS = maximum resident set size); written = the "
              "parameter bytes stored; base = RSS of a process that only imports jax, torch, "
-             f"orbax and the converter: {base_rss / 2**30:.2f} GiB.", "",
+             f"orbax and the converter: {base_rss / 2**30:.2f} GiB; load = the 1-minute load "
+             f"average when the case started ({core_count()} cores: time is wall-clock and "
+             f"grows with other work; memory does not).", "",
              "| case | source file | source GiB | tensors | parameters | stored as | written "
-             "GiB | peak RSS GiB | peak / written | (peak − base) / written | time (s) |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
-    for case, fname, size, ntens, nparams, stored, written, rss, wall in rows:
+             "GiB | peak RSS GiB | peak / written | (peak − base) / written | time (s) | "
+             "load |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for case, fname, size, ntens, nparams, stored, written, rss, wall, load in rows:
         lines.append(f"| {case} | {fname} | {size / 2**30:.2f} | {ntens:,} | {nparams:,} | "
                      f"{stored} | {written / 2**30:.2f} | {rss / 2**30:.2f} | "
-                     f"{rss / written:.2f} | {(rss - base_rss) / written:.2f} | {wall:.0f} |")
+                     f"{rss / written:.2f} | {(rss - base_rss) / written:.2f} | {wall:.0f} | "
+                     f"{load:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not (args.no_write or args.quick):

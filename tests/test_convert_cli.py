@@ -508,8 +508,9 @@ def test_lgm(fmt, work, lgm_torch, videomv_pth):
 
 def test_sizes_read_off_the_checkpoint_half_storage_and_short_error(work, capsys):
     """A VAE of a size no preset has converts without --config (its sizes read off the shapes,
-    printed), stored in float16 (values = the float16 rounding of the source); a checkpoint no
-    config of the kind fits gets one short error line."""
+    printed), stored in float16 (values = the float16 rounding of the source); --config JSON
+    overrides only its fields; a checkpoint no config of the kind fits gets one short error
+    line."""
     import dataclasses
 
     cfg = dataclasses.replace(VAEConfig.full(), ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
@@ -535,6 +536,16 @@ def test_sizes_read_off_the_checkpoint_half_storage_and_short_error(work, capsys
     want = ldm["decoder.conv_out.weight"].transpose(2, 3, 1, 0).astype(np.float16)
     np.testing.assert_array_equal(np.asarray(model.decoder.conv_out.kernel[...]),
                                   want.astype(np.float32))
+
+    # --config JSON overrides only the fields it names; the sizes stay as read off the shapes
+    capsys.readouterr()
+    rc = cli.main(["vae", str(src), str(work / "odd_vae_eps"), "--format", "ldm", "--config",
+                   '{"norm_eps": 1e-5, "frame_chunk": 2}', "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    got = read_converted_config(work / "odd_vae_eps")
+    assert got["config"] == dict(cfg.to_dict(), norm_eps=1e-5, frame_chunk=2)
+    assert "with frame_chunk, norm_eps from --config" in got["source"]["config_from"]
 
     rc = cli.main(["unet-t2v", str(src), str(work / "not_a_unet"), "--format", "vgen",
                    "--no-progress"])

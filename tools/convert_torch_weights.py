@@ -19,7 +19,8 @@ One model::
         [--dry-run]
 
 The model's sizes are read off the checkpoint's tensor shapes and printed; ``--config`` only
-overrides them. Load the result with ``videomv_jax.model_store.load_converted(OUT_DIR,
+overrides them (a preset name replaces them; JSON fields replace those fields, the rest stays as
+read off the checkpoint). Load the result with ``videomv_jax.model_store.load_converted(OUT_DIR,
 mesh=...)``, which restores the weights directly into (sharded) device arrays.
 
 Checks: the conversion table of KIND/FORMAT is generated from the config and applied against
@@ -32,8 +33,9 @@ written in that case.
 Host memory: ``.pth`` files are memory-mapped (``torch.load(mmap=True, weights_only=True)``)
 and ``.safetensors`` read tensor by tensor, so only the tensors the model uses are ever read,
 one at a time, each converted straight into the parameter dtype (``--storage-dtype float16``
-keeps a half-precision release in half precision) and then released. The peak is about the
-written parameters (benchmarks/conversion_memory.py measures it).
+keeps a half-precision release in half precision), written to OUT_DIR/params and released
+before the next: the process holds one tensor and a bounded write batch (64 MiB), not the model
+(benchmarks/conversion_memory.py measures the peak).
 
 Exit codes: 0 done, 2 conversion / input error.
 """
@@ -54,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                     "convert_torch_weights.py release --help.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="model kinds, presets and source formats:\n" + describe_kinds() + "\n\n"
-               "KIND may also be 'package.module:ATTR' naming a videomv_jax.convert.registry."
-               "ModelKind (plug-in models).\n\n"
+               "KIND may also be 'package.module:ATTR' naming a videomv_jax.models.registry."
+               "ModelKind whose formats are videomv_jax.convert.registry.SourceFormat "
+               "(plug-in models).\n\n"
                "examples:\n"
                "  convert_torch_weights.py unet-t2v t2v_00333000.pth out/unet-t2v --format vgen\n"
                "  convert_torch_weights.py vae v2-1_512-ema-pruned.ckpt out/vae --format ldm\n"
@@ -74,9 +77,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="source naming scheme, e.g. vgen, diffusers, ldm, open_clip, hf "
                         "(per kind, see below)")
     p.add_argument("--config", default=None, metavar="PRESET|JSON",
-                   help="override the config read off the checkpoint's shapes: a preset name, "
-                        "a JSON file, or inline JSON '{...}' with the config's to_dict() "
-                        "fields (a converted directory's config.json also works)")
+                   help="override the config read off the checkpoint's shapes: a preset name "
+                        "(replaces it), or a JSON file / inline JSON '{...}' with some of the "
+                        "config's to_dict() fields (those replace the fields read off the "
+                        "checkpoint; a converted directory's config.json also works)")
     _common(p)
     p.add_argument("--tokenizer-dir", default=None, metavar="DIR",
                    help="copy this directory into OUT_DIR/tokenizer (default for clip-text "

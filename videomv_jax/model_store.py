@@ -8,7 +8,13 @@ Layout of a converted directory::
                       nested dicts keyed by the parameter path (list indices as strings)
     OUT/<extra>       optional files copied beside (e.g. tokenizer/)
 
-``config.json`` is written last, so a directory without it is an interrupted conversion.
+``params/`` is the layout orbax's PyTree checkpointer writes for one process (one OCDBT
+database of uncompressed zarr v2 arrays named by their dotted path, and orbax's ``_METADATA``,
+``_sharding``, ``array_metadatas/`` and ``_CHECKPOINT_METADATA`` files). In a single process
+:class:`ParamWriter` writes it one array at a time (a converter streams its tensors into it:
+only the array being written and a bounded batch are held); several processes save collectively
+with orbax. ``config.json`` is written last, so a directory without it is an interrupted
+conversion.
 :func:`load_converted` builds the model abstractly (``nnx.eval_shape``, no weights allocated;
 the structure is cached on disk while the compilation cache is on, see
 :func:`videomv_jax.compile_cache.abstract_model_cache`), asks orbax to restore each parameter
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path as FsPath
 from typing import Any
@@ -32,8 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from videomv_jax.convert.base import Path, path_str
-from videomv_jax.convert.registry import ModelKind, get_kind, kind_ref
+from videomv_jax.models.registry import (
+    ModelKind,
+    Path,
+    abstract_params,
+    get_kind,
+    kind_ref,
+    path_str,
+)
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -132,6 +145,148 @@ def _saved_tree_metadata(ckptr, params_dir: FsPath) -> Any:
     return getattr(md, "tree", md)
 
 
+# ---- incremental writer --------------------------------------------------------------------------
+
+#: OCDBT settings orbax uses for its checkpoints (small values such as the zarr metadata inline,
+#: one root node, the single-file manifest)
+_OCDBT_CONFIG = {"max_inline_value_bytes": 1024, "max_decoded_node_bytes": 100_000_000,
+                 "manifest_kind": "single"}
+#: bytes of arrays staged before a commit (larger arrays are committed alone)
+WRITE_BATCH_BYTES = 64 * 2**20
+
+
+class ParamWriter:
+    """Write the ``params/`` of a converted directory one array at a time.
+
+    The layout is the one orbax's ``PyTreeCheckpointHandler(use_compression=False)`` writes in a
+    single process (so orbax's restore and :func:`load_converted`'s tensorstore reader both read
+    it): every array is a zarr v2 array (one uncompressed chunk) named by its dotted path in one
+    OCDBT database at the directory's root, next to the tree metadata (``_METADATA``), the
+    sharding (``_sharding``), the per-array metadata (``array_metadatas/process_0``) and
+    ``_CHECKPOINT_METADATA`` that :meth:`close` writes. Arrays are staged in a tensorstore
+    transaction that is committed every :data:`WRITE_BATCH_BYTES`: at any moment this holds at
+    most that batch (one copy) plus the array being added, never the whole tree. Use as a
+    context manager; leaving it with an exception writes no metadata (the directory is then
+    not a checkpoint).
+    """
+
+    def __init__(self, params_dir: PathLike, batch_bytes: int = WRITE_BATCH_BYTES):
+        import tensorstore as ts
+
+        self.dir = FsPath(params_dir).absolute()
+        self.dir.mkdir(parents=True, exist_ok=False)
+        self.batch_bytes = int(batch_bytes)
+        self.shapes: dict[Path, tuple[int, ...]] = {}
+        self._ts = ts
+        self._ctx = ts.Context()
+        self._kv = {"driver": "ocdbt", "base": f"file://{self.dir}", "config": _OCDBT_CONFIG}
+        self._txn = ts.Transaction()
+        self._pending: list[Any] = []
+        self._staged = 0
+        self._t0 = time.time_ns()
+        self._closed = False
+
+    def add(self, path: Path, value: Any) -> None:
+        """Stage ``value`` (a numpy or jax array) as the parameter at ``path``."""
+        if self._closed:
+            raise RuntimeError("ParamWriter is closed")
+        path = tuple(path)
+        parts = [str(p) for p in path]
+        if not parts or any(not p or "." in p or "/" in p for p in parts):
+            raise ValueError(f"parameter path {path!r} cannot be stored (empty, or an element "
+                             f"with '.' or '/')")
+        if path in self.shapes:
+            raise ValueError(f"parameter {path_str(path)} is written twice")
+        arr = np.asarray(value)
+        if not arr.flags["C_CONTIGUOUS"]:
+            arr = arr.copy(order="C")  # (np.ascontiguousarray would make a scalar 1-d)
+        if arr.size == 0:
+            raise ValueError(f"parameter {path_str(path)} is empty (shape {arr.shape})")
+        spec = {"driver": "zarr", "kvstore": {**self._kv, "path": ".".join(parts)},
+                "dtype": jnp.dtype(arr.dtype).name,
+                "metadata": {"shape": list(arr.shape), "chunks": list(arr.shape),
+                             "compressor": None},
+                "create": True, "store_data_equal_to_fill_value": True,
+                "recheck_cached_data": False, "recheck_cached_metadata": False}
+        store = self._ts.open(spec, context=self._ctx, transaction=self._txn).result()
+        future = store.write(arr)
+        future.copy.result()  # staged in the transaction: ``value`` may be freed now
+        self._pending.append(future)
+        self.shapes[path] = tuple(int(d) for d in arr.shape)
+        self._staged += arr.nbytes
+        del arr, store
+        if self._staged >= self.batch_bytes:
+            self._commit()
+
+    def _commit(self) -> None:
+        for f in self._pending:
+            f.result()
+        self._txn.commit_async().result()
+        self._txn, self._pending, self._staged = self._ts.Transaction(), [], 0
+
+    def close(self) -> dict[Path, tuple[int, ...]]:
+        """Commit what is staged and write orbax's metadata files; returns ``{path: shape}``."""
+        if self._closed:
+            return self.shapes
+        self._commit()
+        self._closed = True
+        if not self.shapes:
+            raise ValueError("no parameters were written")
+        _nest({p: None for p in self.shapes})  # a path that is also a prefix of another fails
+        _write_orbax_metadata(self.dir, self.shapes, self._t0)
+        return self.shapes
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._txn.abort()
+
+    def __enter__(self) -> ParamWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _write_orbax_metadata(params_dir: FsPath, shapes: Mapping[Path, tuple[int, ...]],
+                          t0_ns: int) -> None:
+    """orbax's side files of a single-process PyTree checkpoint of jax arrays on the CPU."""
+    import base64
+
+    import orbax.checkpoint as ocp
+
+    tree = {}
+    sharding = ocp.metadata.SingleDeviceShardingMetadata.from_jax_sharding(
+        jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])).to_serialized_string()
+    shard_file, arrays = {}, []
+    # in the order of orbax's tree flattening (keys sorted level by level)
+    for keys, shape in sorted((tuple(str(p) for p in path), shape)
+                              for path, shape in shapes.items()):
+        name = ".".join(keys)
+        tree[str(keys)] = {"key_metadata": [{"key": k, "key_type": 2} for k in keys],
+                           "value_metadata": {"value_type": "jax.Array",
+                                              "skip_deserialize": False,
+                                              "write_shape": list(shape)}}
+        shard_file[base64.urlsafe_b64encode(name.encode()).decode()] = sharding
+        arrays.append({"array_metadata": {"param_name": name, "write_shape": list(shape),
+                                          "chunk_shape": list(shape), "ext_metadata": None}})
+    meta = {"tree_metadata": tree, "use_ocdbt": True, "use_zarr3": False,
+            "store_array_data_equal_to_fill_value": True, "custom_metadata": None}
+    (params_dir / "_METADATA").write_text(json.dumps(meta))
+    (params_dir / "_sharding").write_text(json.dumps(shard_file))
+    (params_dir / "array_metadatas").mkdir(exist_ok=True)
+    (params_dir / "array_metadatas" / "process_0").write_text(
+        json.dumps({"array_metadatas": arrays}))
+    handler = ocp.PyTreeCheckpointHandler
+    (params_dir / "_CHECKPOINT_METADATA").write_text(json.dumps({
+        "item_handlers": f"{handler.__module__}.{handler.__qualname__}", "metrics": {},
+        "performance_metrics": {}, "init_timestamp_nsecs": t0_ns,
+        "commit_timestamp_nsecs": time.time_ns(), "custom_metadata": {}}))
+
+
 # ---- save --------------------------------------------------------------------------------------
 
 
@@ -149,17 +304,20 @@ def save_converted(
 ) -> FsPath:
     """Write a converted-model directory (layout in the module docstring); returns its path.
 
-    ``params``: ``{path: array}`` (as ``convert_state_dict`` returns), an ``nnx.State`` or a
-    Module (its ``nnx.Param`` values). Prefer jax arrays (e.g. on ``jax.devices("cpu")[0]``, as
-    :func:`~videomv_jax.convert.registry.convert_source` makes with ``device=``): orbax stages
-    numpy leaves through a full extra host copy, jax arrays only in bounded batches.
+    ``params``: ``{path: array}`` (as ``convert_state_dict`` returns), an ``nnx.State``, a
+    Module (its ``nnx.Param`` values), or an iterable of ``(path, array)`` pairs (e.g.
+    :func:`videomv_jax.convert.registry.iter_converted`), which is consumed one array at a
+    time: each is written (:class:`ParamWriter`) before the next is asked for, so a converter
+    never holds the whole model.
     ``storage_dtype`` (e.g. ``"float16"``) stores the floating-point parameters in that dtype
     (half the bytes; the packaged videomv-tiny uses it); :func:`load_converted` casts them back
     to the dtype of the model the config builds.
     ``extra_files``: paths (copied under their base name; directories recursively) or
     ``(path, name)`` pairs. ``check`` compares the parameter layout with the model that
-    ``config`` builds (abstractly) first, so that a saved directory always loads.
-    Refuses a non-empty existing directory unless ``overwrite``.
+    ``config`` builds (abstractly), so that a saved directory always loads: before writing
+    for a mapping / State / Module, after writing (before ``config.json``) for an iterable.
+    Refuses a non-empty existing directory unless ``overwrite``. Several processes (parameters
+    spanning them) save collectively with orbax; an iterable needs a single process.
     """
     k = get_kind(kind)
     ref = kind_ref(kind)
@@ -167,18 +325,24 @@ def save_converted(
     if not isinstance(config, cfg_cls):
         raise ConvertedCheckpointError(f"config is a {type(config).__name__}, but a {k.name!r} "
                                        f"model needs a {cfg_cls.__name__}")
-    flat = _flat_params(params)
+    dt = None
     if storage_dtype is not None:
         dt = jnp.dtype(storage_dtype)
         if not jnp.issubdtype(dt, jnp.floating):
             raise ValueError(f"storage_dtype must be a floating dtype, got {storage_dtype!r}")
-        flat = {p: (jnp.asarray(v).astype(dt) if jnp.issubdtype(jnp.asarray(v).dtype,
-                                                                jnp.floating) else v)
-                for p, v in flat.items()}
+    stream = not isinstance(params, (Mapping, nnx.State, nnx.Module))
+    multi = jax.process_count() > 1
+    if stream and multi:
+        raise ValueError("saving an iterable of (path, array) pairs needs a single process; "
+                         "pass a dict, State or Module")
+    abstract = None
     if check:
-        from videomv_jax.convert.base import abstract_params
-
-        _compare_layout(flat, abstract_params(k.abstract(config)), "params", k.name)
+        abstract = abstract_params(k.abstract(config))
+    flat: dict[Path, Any] = {}
+    if not stream:
+        flat = _flat_params(params)
+        if abstract is not None:
+            _compare_layout(flat, abstract, "params", k.name)
     extras: list[tuple[FsPath, str]] = []
     for item in extra_files:
         src, name = (item if isinstance(item, tuple) else (item, os.path.basename(
@@ -207,10 +371,28 @@ def save_converted(
         out.mkdir(parents=True, exist_ok=True)
     barrier(f"save_converted:mkdir:{out}")
 
-    import orbax.checkpoint as ocp
+    def stored(value: Any) -> Any:
+        if dt is not None and jnp.issubdtype(value.dtype, jnp.floating) and value.dtype != dt:
+            return (jnp.asarray(value) if multi else np.asarray(value)).astype(dt)
+        return value
 
-    with _checkpointer() as ckptr:
-        ckptr.save(out.absolute() / PARAMS_DIR, args=ocp.args.PyTreeSave(_nest(flat)))
+    if multi:
+        import orbax.checkpoint as ocp
+
+        with _checkpointer() as ckptr:
+            ckptr.save(out.absolute() / PARAMS_DIR, args=ocp.args.PyTreeSave(_nest(
+                {p: stored(v) for p, v in flat.items()})))
+        shapes = {p: tuple(np.shape(v)) for p, v in flat.items()}
+    else:
+        items = params if stream else flat.items()
+        with ParamWriter(out / PARAMS_DIR) as writer:
+            for path, value in items:
+                writer.add(path, stored(value))
+                del value
+        shapes = writer.shapes
+        if stream and abstract is not None:
+            _compare_layout({p: np.broadcast_to(np.zeros((), np.int8), s)
+                             for p, s in shapes.items()}, abstract, "params", k.name)
     if not is_main():
         barrier(f"save_converted:done:{out}")
         return out
@@ -225,7 +407,7 @@ def save_converted(
         "source": dict(source_info or {}),
         "format_version": FORMAT_VERSION,
         "extra_files": [name for _, name in extras],
-        "num_params": int(sum(int(np.prod(np.shape(v))) for v in flat.values())),
+        "num_params": int(sum(int(np.prod(shape)) for shape in shapes.values())),
     }
     if storage_dtype is not None:
         meta["storage_dtype"] = jnp.dtype(storage_dtype).name

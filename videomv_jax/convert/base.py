@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-Path = tuple[Any, ...]
+# re-exported: parameter paths belong to the model side (the loader uses them without this module)
+from videomv_jax.models.registry import Path, abstract_params, path_str  # noqa: F401
+
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
@@ -81,10 +83,6 @@ def norm_rules(src: str, tgt: Path) -> list[Rule]:
     return [Rule(f"{src}.weight", (*tgt, "scale")), Rule(f"{src}.bias", (*tgt, "bias"))]
 
 
-def path_str(path: Path) -> str:
-    return "/".join(str(p) for p in path)
-
-
 class ConversionError(ValueError):
     """A checkpoint does not fit the model: lists everything that is wrong at once."""
 
@@ -108,12 +106,6 @@ class ConversionError(ValueError):
         lines.append("  fix: check that the checkpoint and the model config are the same variant "
                      "and size (see the converter's --help for the expected source format)")
         super().__init__("\n".join(lines))
-
-
-def abstract_params(model: nnx.Module) -> dict[Path, Any]:
-    """Flat {path: ShapeDtypeStruct or array} of a model's ``nnx.Param`` variables."""
-    state = nnx.state(model, nnx.Param)
-    return {tuple(path): var.get_value() for path, var in nnx.to_flat_state(state)}
 
 
 def convert_state_dict(

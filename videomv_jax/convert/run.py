@@ -3,9 +3,9 @@
 :func:`convert_file` converts one checkpoint file into a converted-model directory: the source
 is opened lazily (:func:`~videomv_jax.convert.base.open_source_checkpoint`: names and shapes
 only), the config is read off its shapes unless given (:func:`~videomv_jax.convert.infer.
-infer_config`), tensors are read, converted and released one at a time (only the keys the
-model uses are ever read), and the result is written with
-:func:`~videomv_jax.model_store.save_converted`.
+infer_config`), and tensors are read, converted, written and released one at a time
+(:func:`~videomv_jax.convert.registry.iter_converted` into
+:func:`~videomv_jax.model_store.save_converted`; only the keys the model uses are ever read).
 
 :func:`convert_release` writes the directory that ``sample.py --checkpoint-dir`` reads
 (``unet/ vae/ clip_text/ (+tokenizer/) lgm/`` and, for image→MV, ``clip_vision/``) from the
@@ -36,6 +36,31 @@ def config_summary(config: Any) -> str:
     return json.dumps(config.to_dict(), default=str)
 
 
+def choose_config(kind: Any, fmt: str, source: Any, spec: str | None) -> tuple[Any, str]:
+    """``(config, how)`` for converting ``source``: read off its shapes
+    (:func:`~videomv_jax.convert.infer.infer_config`) when ``spec`` is ``None``; a preset name
+    replaces it; JSON fields (a file or inline ``{...}``) override those fields of the config
+    read off the shapes (the rest stays as read), or of the defaults when the shapes cannot be
+    placed."""
+    from videomv_jax.convert.base import ConversionError
+    from videomv_jax.convert.infer import ConfigInferenceError, infer_config
+    from videomv_jax.convert.registry import get_kind, resolve_config
+    from videomv_jax.models.registry import config_fields
+
+    k = get_kind(kind)
+    if spec is None:
+        return infer_config(k, fmt, source)
+    fields = config_fields(k, spec)
+    if fields is None:
+        return resolve_config(k, spec), f"--config preset {spec!r}"
+    try:
+        inferred, how = infer_config(k, fmt, source)
+    except (ConfigInferenceError, ConversionError):
+        return resolve_config(k, spec), f"--config {spec} (defaults for the fields not given)"
+    merged = k.config_from_dict({**inferred.to_dict(), **fields})
+    return merged, f"{how}, with {', '.join(sorted(fields))} from --config"
+
+
 def convert_file(
     kind: str,
     fmt: str,
@@ -53,24 +78,21 @@ def convert_file(
     """Convert ``source_path`` (``.pth``/``.bin``/``.ckpt``/``.safetensors``) as ``kind`` /
     ``fmt`` into ``out_dir``; returns ``(written directory or None for dry_run, config)``.
 
-    ``config``: ``None`` reads the sizes off the checkpoint (printed); a preset name or JSON
-    overrides. ``storage_dtype`` (``"float16"``/``"bfloat16"``) converts and stores floating
-    parameters in that dtype (a half-precision release stays half: half the memory and disk);
-    loading casts them to the model's dtype. A ``clip-text`` model with OpenCLIP's 49,408-token
-    vocabulary gets the shipped OpenCLIP tokenizer in ``tokenizer/`` unless ``tokenizer_dir``
-    names another. Raises ``ConversionError`` / ``ConfigInferenceError`` / ``ValueError`` /
+    ``config``: ``None`` reads the sizes off the checkpoint (printed); a preset name replaces
+    them, JSON fields override those fields (:func:`choose_config`). ``storage_dtype``
+    (``"float16"``/``"bfloat16"``) converts and stores floating parameters in that dtype (a
+    half-precision release stays half: half the memory and disk); loading casts them to the
+    model's dtype. A ``clip-text`` model with OpenCLIP's 49,408-token vocabulary gets the
+    shipped OpenCLIP tokenizer in ``tokenizer/`` unless ``tokenizer_dir`` names another.
+    Raises ``ConversionError`` / ``ConfigInferenceError`` / ``ValueError`` /
     ``FileNotFoundError`` with a message for the user.
     """
-    import jax
-
     from videomv_jax.convert.base import open_source_checkpoint
-    from videomv_jax.convert.infer import infer_config
     from videomv_jax.convert.registry import (
         check_source,
-        convert_source,
         get_kind,
+        iter_converted,
         kind_ref,
-        resolve_config,
     )
     from videomv_jax.model_store import save_converted
 
@@ -86,10 +108,7 @@ def convert_file(
     t0 = time.time()
     source = open_source_checkpoint(source_path)
     n_tensors = len(source)
-    if config is None:
-        cfg, how = infer_config(k, fmt, source)
-    else:
-        cfg, how = resolve_config(k, config), f"--config {config}"
+    cfg, how = choose_config(k, fmt, source, config)
     log(f"{k.name} config ({how}): {config_summary(cfg)}")
     if dry_run:
         n = check_source(k, fmt, source, cfg)
@@ -110,10 +129,10 @@ def convert_file(
             extra.append((tmp.name, "tokenizer"))
             log("tokenizer: the shipped OpenCLIP BPE vocabulary (49,408 tokens)")
     try:
-        converted = convert_source(k, fmt, source, cfg, progress=progress,
-                                   device=jax.devices("cpu")[0], dtype=storage_dtype)
+        # tensors are read, converted and written one at a time (the layout was checked when
+        # iter_converted was called, before anything is read or written)
+        converted = iter_converted(k, fmt, source, cfg, progress=progress, dtype=storage_dtype)
         del source
-        n_params = sum(int(v.size) for v in converted.values())
         info = {"path": os.path.abspath(source_path), "file": os.path.basename(source_path),
                 "bytes": os.path.getsize(source_path), "format": fmt, "num_tensors": n_tensors,
                 "config_from": how}
@@ -123,7 +142,8 @@ def convert_file(
     finally:
         if tmp is not None:
             tmp.cleanup()
-    log(f"wrote {path} ({k.name}, {len(converted)} tensors, {n_params:,} parameters"
+    meta = json.loads((path / "config.json").read_text())
+    log(f"wrote {path} ({k.name}, {meta['num_params']:,} parameters"
         f"{', stored as ' + storage_dtype if storage_dtype else ''}) in {time.time() - t0:.1f}s")
     return path, cfg
 

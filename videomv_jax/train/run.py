@@ -63,7 +63,7 @@ def _random_model(kind: str, config: Any, seed: int) -> nnx.Module:
     and the trainer assembles the global arrays from it (multihost.to_global). (Creating it
     straight in its shardings compiled 1.4x slower for the tiny UNet on 8 CPU devices, and
     only small models are initialised at random.)"""
-    from videomv_jax.convert.registry import get_kind
+    from videomv_jax.models.registry import get_kind
 
     k = get_kind(kind)
     cls = k.model_cls()
@@ -77,8 +77,8 @@ def build_models(cfg: ml_collections.ConfigDict, names: list[str],
     spanning several processes) parameters are restored / created straight into their
     shardings on it (converted checkpoints; models initialised at random are built on the
     first local device, identically on every process, and placed by the trainer)."""
-    from videomv_jax.convert.registry import get_kind
     from videomv_jax.model_store import load_converted
+    from videomv_jax.models.registry import get_kind
 
     models: dict[str, Any] = {}
     for name in names:
