@@ -30,7 +30,6 @@ import os
 import re
 import sys
 import time
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -448,9 +447,6 @@ def render_only(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    # JAX warns on every os.fork() (imageio-ffmpeg starts ffmpeg with subprocess): harmless
-    # here, the child runs ffmpeg and never touches JAX
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     args = parse_args(argv)
     compile_cache.cache_dir_from_args(args)
     from videomv_jax.pipeline import PipelineError

@@ -127,3 +127,80 @@ def test_pose_note_says_when_the_model_never_saw_the_cameras(sample):
     note = sample.pose_note(np.asarray(orbit_cameras(24, 40.0, 1.645)), trained, True)
     assert "elevation 40.0..40.0 deg" in note and "never saw such poses" in note
     assert "elevation 15 deg, distance 1.645" in note
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_cli_out",
+                                                  os.path.join(ROOT, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unwritable_output_folder_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """An output folder that cannot be written: one ``error:`` line naming it, exit code 2,
+    before any model loads, nothing written, in sample.py (--out), train.py (--workdir,
+    --export) and eval.py (--out). Tests run as root, for whom ``chmod`` blocks nothing and
+    ``os.access`` says yes everywhere; so the check tries to create a file, and is tested on
+    ``/proc`` (root cannot create files there) and with that probe failing."""
+    from videomv_jax import cli
+    from videomv_jax.pipeline import MultiViewPipeline
+    from videomv_jax.train import run
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(MultiViewPipeline, "from_checkpoints", no_loading)
+    monkeypatch.setattr(run, "train", no_loading)
+    sample, train, ev = _script("sample"), _script("train"), _script("eval")
+    (tmp_path / "r").mkdir()
+
+    def runs(out):
+        tiny = ["--config", "t2mv", "--preset", "tiny"]
+        return [(sample, ["--prompt", "a red cube", "--out", out], "--out"),
+                (sample, ["--views", "2", "--out", out], "--out"),
+                (train, [*tiny, "--workdir", out], "--workdir"),
+                (train, [*tiny, "--workdir", str(tmp_path / "w"), "--export", out], "--export"),
+                (ev, ["compare", str(tmp_path / "r"), str(tmp_path / "r"), "--out", out],
+                 "--out")]
+
+    def check(out, message):
+        for module, argv, option in runs(out):
+            assert module.main(argv) == 2, argv
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"error: {option} {out!r}"), (argv, err)
+            assert message in err[0] and "give a folder you can write to" in err[0], err
+            assert not os.path.exists(out) or os.listdir(out) == [], argv
+            assert not (tmp_path / "w").exists()
+
+    if os.path.isdir("/proc") and os.path.isfile("/proc/self/status"):  # Linux: a real case
+        check("/proc/videomv_out", "'/proc' is not writable (creating a file there failed")
+
+    existing = tmp_path / "readonly"
+    mkstemp = cli.tempfile.mkstemp
+
+    def refuse(*a, dir=None, **k):  # e.g. a read-only mount or an ACL, for `existing` only
+        if os.path.abspath(dir).startswith(str(existing)):
+            raise PermissionError(13, "Permission denied")
+        return mkstemp(*a, dir=dir, **k)
+
+    monkeypatch.setattr(cli.tempfile, "mkstemp", refuse)
+    existing.mkdir()
+    check(str(existing), "is not writable (creating a file there failed: Permission denied)")
+    check(str(existing / "new" / "sub"), f"{str(existing)!r} is not writable")
+
+
+def test_no_fork_warning_on_stderr(tmp_path):
+    """Writing an MP4 starts ffmpeg (a fork under JAX's at-fork hook); no entry point prints
+    JAX's ``RuntimeWarning: os.fork() was called`` for it (filtered in
+    ``videomv_jax.data.images.write_video``, where the fork happens)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), "--views", "2",
+                           "--resolution", "16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "turntable.mp4").is_file()  # ffmpeg really ran (no GIF fallback)
+    assert "os.fork" not in proc.stderr and "RuntimeWarning" not in proc.stderr, proc.stderr
