@@ -173,15 +173,37 @@ def _parse_ints(text: str | None, what: str) -> list[int]:
     return cli.parse_ints(text, what)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The value checks of every subcommand's options, before anything is read or loaded."""
+    cli.check_output_dir(args.out)
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
+    for name, minimum in (("max_views", 1), ("fit_steps", 1), ("fit_gaussians", 1),
+                          ("fit_views_per_step", 0), ("num_samples", 1), ("steps", 1)):
+        cli.check_int(f"--{name.replace('_', '-')}", getattr(args, name, None), minimum)
+    if getattr(args, "seed_offset", None) is not None:
+        cli.check_seed(args.seed_offset, args.num_samples, "--seed-offset")
+    for name in ("background", "consistency_background"):
+        if getattr(args, name, None) is not None:
+            _parse_rgb(getattr(args, name), f"--{name.replace('_', '-')}")
+    for name in ("exclude_views", "lgm_views"):
+        _parse_ints(getattr(args, name, None), f"--{name.replace('_', '-')}")
+    if getattr(args, "lpips_vgg16", None) or getattr(args, "lpips_weights", None):
+        if not (args.lpips_vgg16 and args.lpips_weights):
+            raise UsageError("LPIPS needs both --lpips-vgg16 and --lpips-weights")
+        for path in (args.lpips_vgg16, args.lpips_weights):
+            if not os.path.exists(path):
+                raise UsageError(f"LPIPS weights {path!r} do not exist")
+    for name in ("checkpoint_dir", "lgm_checkpoint"):
+        path = getattr(args, name, None)
+        if path and not os.path.isdir(path):
+            raise UsageError(f"--{name.replace('_', '-')} {path!r} is not a folder")
+
+
 def _load_lpips(args: argparse.Namespace):
     """(lpips_fn or None, note) from --lpips-vgg16 / --lpips-weights."""
-    if not args.lpips_vgg16 and not args.lpips_weights:
+    if not args.lpips_vgg16:  # both or neither, checked by check_args
         return None, "LPIPS: unavailable (no weights given: --lpips-vgg16 and --lpips-weights)"
-    if not (args.lpips_vgg16 and args.lpips_weights):
-        raise UsageError("LPIPS needs both --lpips-vgg16 and --lpips-weights")
-    for path in (args.lpips_vgg16, args.lpips_weights):
-        if not os.path.exists(path):
-            raise UsageError(f"LPIPS weights {path!r} do not exist")
     from flax import nnx
 
     from videomv_jax.convert.lpips import load_lpips
@@ -373,6 +395,12 @@ def _shapes_config(args: argparse.Namespace):
     cfg.sampler.progress = False
     if not tuple(cfg.sampler.aware_steps):
         raise UsageError("the shapes comparison needs 3D-aware steps (sampler.aware_steps)")
+    from videomv_jax.diffusion.sampler import SamplerConfig
+
+    try:  # the sampler settings, before any model loads
+        SamplerConfig(**cfg.sampler.to_dict()).ddim_schedule()
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"invalid configuration: {err}") from err
     return cfg, manifest
 
 
@@ -381,8 +409,6 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     from videomv_jax.data.shapes import random_scene, render_scene
     from videomv_jax.pipeline import MultiViewPipeline
 
-    if args.num_samples < 1:
-        raise UsageError("--num-samples must be >= 1")
     if args.num_samples < SMALL_N:
         print(f"warning: --num-samples {args.num_samples} < {SMALL_N}: the confidence intervals "
               f"will be very wide (none for 1 sample); use more samples for conclusions",
@@ -498,8 +524,6 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    if not 0 < args.confidence < 1:
-        raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
     for path in (args.report_a, args.report_b):
         if not os.path.isdir(os.path.join(path, "samples")):
             raise UsageError(f"{path!r} is not an evaluation report (no samples/ folder); "
@@ -516,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"folders": cmd_folders, "consistency": cmd_consistency, "shapes": cmd_shapes,
                 "compare": cmd_compare}
     try:
-        cli.check_output_dir(args.out)  # before anything is read or loaded
+        check_args(args)  # before anything is read or loaded
         return commands[args.command](args)
     except (UsageError, FolderError) as err:
         print(f"error: {err}", file=sys.stderr)

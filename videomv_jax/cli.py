@@ -21,6 +21,7 @@ __all__ = [
     "UsageError",
     "apply_overrides",
     "check_finite",
+    "check_int",
     "check_output_dir",
     "check_seed",
     "config_keys",
@@ -168,6 +169,13 @@ def check_seed(seed: int, count: int = 1, what: str = "--seed") -> int:
         raise UsageError(f"{what} must be an integer in [0, {MAX_SEED - max(count - 1, 0)}], "
                          f"got {seed}")
     return seed
+
+
+def check_int(name: str, value: int | None, minimum: int = 1) -> int | None:
+    """``value`` when it is ``None`` (not given) or ``>= minimum``."""
+    if value is not None and value < minimum:
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
 
 
 def check_finite(name: str, value: float, positive: bool = False) -> float:
