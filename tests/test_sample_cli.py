@@ -204,3 +204,28 @@ def test_no_fork_warning_on_stderr(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (out / "turntable.mp4").is_file()  # ffmpeg really ran (no GIF fallback)
     assert "os.fork" not in proc.stderr and "RuntimeWarning" not in proc.stderr, proc.stderr
+
+
+def test_orbit_pose_file_is_the_orbit_recorded(sample, tmp_path):
+    """``--poses`` with ``{"elevation": 40}``: the cameras are that orbit at the model's
+    distance, run.json's config states it (not the default 15°), and the note says the model
+    never saw it; explicit matrices are used as given."""
+    from videomv_jax.pipeline import load_poses
+    from videomv_jax.render.camera import orbit_cameras
+
+    poses = _write(tmp_path / "orbit.json", {"elevation": 40})
+    args = sample.parse_args(["--prompt", "a red cube", "--poses", poses])
+    cfg, manifest, trained = sample.build_config(args, "t2mv")
+    assert trained == (15.0, 1.645)  # videomv-tiny's orbit
+    cams, orbit = sample.sampling_cameras(cfg, load_poses(poses, cfg.num_frames))
+    assert orbit == {"elevation_deg": 40.0, "distance": 1.645}
+    assert (cfg.elevation, cfg.distance) == (40.0, 1.645)
+    np.testing.assert_allclose(cams, orbit_cameras(24, 40.0, 1.645), atol=1e-6)
+    assert "never saw such poses" in sample.pose_note(cams, trained, True)
+    cfg, _, _ = sample.build_config(sample.parse_args(["--prompt", "a red cube"]), "t2mv")
+    cams, orbit = sample.sampling_cameras(cfg, None)
+    assert orbit == {"elevation_deg": 15.0, "distance": 1.645}
+    assert sample.pose_note(cams, trained, True) is None
+    given = np.asarray(orbit_cameras(24, 30.0, 1.2), np.float32)
+    cams, orbit = sample.sampling_cameras(cfg, given)
+    assert orbit is None and np.array_equal(cams, given) and cfg.elevation == 15.0
