@@ -464,6 +464,48 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
         assert all(equal) if same else not all(equal), part
 
 
+def test_train_cli_bad_input_fails_before_anything_runs(tmp_path, capsys, monkeypatch):
+    """Every bad train.py argument: one ``error:`` line naming it and the fix, exit code 2,
+    before JAX's distributed setup, any data read or model built; nothing written."""
+    import importlib.util
+
+    from videomv_jax.train import run
+
+    def no_run(*a, **k):
+        raise AssertionError("training started before the arguments were checked")
+
+    monkeypatch.setattr(run, "train", no_run)
+    spec = importlib.util.spec_from_file_location("train_cli_bad", os.path.join(ROOT, "train.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    work = tmp_path / "work"
+    base = ["--config", "t2mv", "--preset", "tiny", "--workdir", str(work)]
+    data = ["--data", str(tmp_path)]  # a folder, but not a built data set
+    cases = [
+        (["--config", "nope", "--workdir", str(work)], "--config 'nope' is neither one of"),
+        ([*base, "--set", "train.nope=1"], "unknown config key 'train.nope'"),
+        ([*base, "--set", "train.num_steps='x'"], "bad value for config key 'train.num_steps'"),
+        ([*base, "--set", "train.num_steps"], "--set needs KEY=VALUE"),
+        ([*base, "--steps", "0"], "--steps must be an integer >= 1"),
+        (["--config", "t2mv", "--preset", "tiny", "--workdir", str(a_file / "run")],
+         "is a file, not a folder"),
+        ([*base, "--export", str(a_file)], "--export"),
+        (base, "config.data.path is empty"),
+        ([*base, *data], "is not a built data set"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
+        assert not work.exists() and a_file.read_text() == "x", argv
+    with pytest.raises(SystemExit) as exc:  # argparse's own: exit code 2 as well
+        cli.main([*base, "--preset", "big"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'big'" in capsys.readouterr().err
+
+
 def test_tiny_export_is_a_sampleable_folder(tmp_path):
     """--export of the tiny text→MV run: beside the trained UNet and text tower it copies the
     frozen VAE and the packaged LGM, and writes the sampling settings the models were trained
