@@ -542,7 +542,8 @@ def test_eval_bad_input_fails_before_anything_is_read(eval_cli, tmp_path, capsys
     cases = [
         ([*fo, "--out", str(a_file)], "exists and is not a folder"),
         ([*fo, "--background", "1,2"], "--background must be"),
-        ([*fo, "--background", "auto"], "--background must be a colour"),
+        ([*fo, "--background", "auto"], "--background must be R,G,B"),
+        ([*co, "--background", "auto"], "--background must be R,G,B"),
         ([*fo, "--exclude-views", "a,b"], "--exclude-views must be a comma list of ints"),
         ([*fo, "--confidence", "1.5"], "--confidence must be in (0, 1)"),
         ([*fo, "--max-views", "0"], "--max-views must be"),

@@ -229,3 +229,71 @@ def test_orbit_pose_file_is_the_orbit_recorded(sample, tmp_path):
     given = np.asarray(orbit_cameras(24, 30.0, 1.2), np.float32)
     cams, orbit = sample.sampling_cameras(cfg, given)
     assert orbit is None and np.array_equal(cams, given) and cfg.elevation == 15.0
+
+
+def _parsers(module, argv):
+    """Every (sub)parser the script's ``parse_args`` builds, by name."""
+    import argparse
+
+    class Built(Exception):
+        pass
+
+    def grab(self, args=None, namespace=None):
+        raise Built(self)
+
+    original = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        module.parse_args(argv)
+    except Built as built:
+        parser = built.args[0]
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    found, todo = {}, [("", parser)]
+    while todo:
+        name, p = todo.pop()
+        found[name] = p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo += [(k, sub) for k, sub in a.choices.items()]
+    return found
+
+
+def test_every_option_has_help_and_the_shared_names_agree(sample):
+    """sample.py, train.py and eval.py: every option has help, and shows its default; the
+    rasterizer preset is --raster-preset (sample.py) and the config preset --preset
+    (train.py), never the other way; every --background is R,G,B in [0, 1]; train.py's help
+    names --data, as the README does."""
+    import argparse
+
+    from videomv_jax.cli import HelpFormatter, parse_rgb
+
+    scripts = {"sample": (sample, []), "train": (_script("train"), []),
+               "eval": (_script("eval"), [])}
+    options = {}
+    for name, (module, argv) in scripts.items():
+        for sub, parser in _parsers(module, argv).items():
+            fmt = HelpFormatter(parser.prog)
+            for a in parser._actions:
+                if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+                    continue
+                where = (name, sub, a.option_strings or a.dest)
+                assert a.help and a.help != argparse.SUPPRESS and a.help.strip(), where
+                shown = fmt._get_help_string(a)
+                if a.option_strings and a.default not in (None, False, [], "") \
+                        and not isinstance(a.default, bool):
+                    assert "default" in shown, where
+                for opt in a.option_strings:
+                    options.setdefault(opt, []).append((name, sub, a))
+    scripts_with = {opt: {n for n, _, _ in uses} for opt, uses in options.items()}
+    assert scripts_with["--raster-preset"] == {"sample"}
+    assert scripts_with["--preset"] == {"train"}
+    (_, _, preset), = options["--preset"]
+    assert tuple(preset.choices) == ("full", "tiny")
+    assert scripts_with["--background"] == {"sample", "eval"}
+    for name, sub, a in options["--background"]:
+        assert a.metavar == "R,G,B", (name, sub)
+        if a.default is not None:
+            assert parse_rgb(a.default) == [1.0, 1.0, 1.0], (name, sub)
+    (_, _, data), = options["--data"]
+    assert "tools/make_shapes.py" in data.help and "data.path" in data.help
