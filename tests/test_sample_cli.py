@@ -129,15 +129,8 @@ def test_pose_note_says_when_the_model_never_saw_the_cameras(sample):
     assert "elevation 15 deg, distance 1.645" in note
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli_out",
-                                                  os.path.join(ROOT, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_unwritable_output_folder_fails_before_any_model_loads(tmp_path, capsys, monkeypatch):
+def test_unwritable_output_folder_fails_before_any_model_loads(tmp_path, capsys, monkeypatch,
+                                                               load_script):
     """An output folder that cannot be written: one ``error:`` line naming it, exit code 2,
     before any model loads, nothing written, in sample.py (--out), train.py (--workdir,
     --export) and eval.py (--out). Tests run as root, for whom ``chmod`` blocks nothing and
@@ -152,7 +145,7 @@ def test_unwritable_output_folder_fails_before_any_model_loads(tmp_path, capsys,
 
     monkeypatch.setattr(MultiViewPipeline, "from_checkpoints", no_loading)
     monkeypatch.setattr(run, "train", no_loading)
-    sample, train, ev = _script("sample"), _script("train"), _script("eval")
+    sample, train, ev = load_script("sample"), load_script("train"), load_script("eval")
     (tmp_path / "r").mkdir()
 
     def runs(out):
@@ -259,7 +252,7 @@ def _parsers(module, argv):
     return found
 
 
-def test_every_option_has_help_and_the_shared_names_agree(sample):
+def test_every_option_has_help_and_the_shared_names_agree(sample, load_script):
     """sample.py, train.py and eval.py: every option has help, and shows its default; the
     rasterizer preset is --raster-preset (sample.py) and the config preset --preset
     (train.py), never the other way; every --background is R,G,B in [0, 1]; train.py's help
@@ -268,8 +261,8 @@ def test_every_option_has_help_and_the_shared_names_agree(sample):
 
     from videomv_jax.cli import HelpFormatter, parse_rgb
 
-    scripts = {"sample": (sample, []), "train": (_script("train"), []),
-               "eval": (_script("eval"), [])}
+    scripts = {"sample": (sample, []), "train": (load_script("train"), []),
+               "eval": (load_script("eval"), [])}
     options = {}
     for name, (module, argv) in scripts.items():
         for sub, parser in _parsers(module, argv).items():

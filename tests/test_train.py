@@ -464,20 +464,17 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
         assert all(equal) if same else not all(equal), part
 
 
-def test_train_cli_bad_input_fails_before_anything_runs(tmp_path, capsys, monkeypatch):
+def test_train_cli_bad_input_fails_before_anything_runs(tmp_path, capsys, monkeypatch,
+                                                       load_script):
     """Every bad train.py argument: one ``error:`` line naming it and the fix, exit code 2,
     before JAX's distributed setup, any data read or model built; nothing written."""
-    import importlib.util
-
     from videomv_jax.train import run
 
     def no_run(*a, **k):
         raise AssertionError("training started before the arguments were checked")
 
     monkeypatch.setattr(run, "train", no_run)
-    spec = importlib.util.spec_from_file_location("train_cli_bad", os.path.join(ROOT, "train.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("train")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     work = tmp_path / "work"
@@ -557,7 +554,7 @@ E2E_TEXT = ("{'vocab_size': 512, 'context_length': 32, 'width': 16, 'layers': 2,
 
 
 @pytest.mark.slow
-def test_tiny_t2mv_train_export_then_sample_from_the_export(tmp_path, capsys):
+def test_tiny_t2mv_train_export_then_sample_from_the_export(tmp_path, capsys, load_script):
     """The user path of the README, for real: ``train.py --config t2mv --preset tiny`` (one
     shapes object at 64², one step, the models shrunk by --set) with ``--export DIR``, then
     ``sample.py --checkpoint-dir DIR``. The export samples with the settings it recorded
@@ -567,22 +564,13 @@ def test_tiny_t2mv_train_export_then_sample_from_the_export(tmp_path, capsys):
     this run), not the packaged videomv-tiny's: they differ from its stored reference sample of
     the same prompt, seed and settings by a mean |Δ| > 0.05 (test_tiny holds the packaged
     model to that reference within 1e-4 mean; PNG quantisation is ≤ 2e-3)."""
-    import importlib.util
-
     from PIL import Image
 
     from videomv_jax.data.builders import build_dataset
 
-    def script(name):
-        spec = importlib.util.spec_from_file_location(f"{name}_cli_e2e",
-                                                      os.path.join(ROOT, f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
     data = build_dataset("shapes", tmp_path / "data", num_objects=1, resolution=64)
     export = tmp_path / "export"
-    assert script("train").main([
+    assert load_script("train").main([
         "--config", "t2mv", "--preset", "tiny", "--data", str(data.path),
         "--workdir", str(tmp_path / "run"), "--export", str(export), "--steps", "1",
         "--set", f"models.unet.config={E2E_UNET}", "--set", f"models.text.config={E2E_TEXT}",
@@ -596,7 +584,7 @@ def test_tiny_t2mv_train_export_then_sample_from_the_export(tmp_path, capsys):
 
     samples = tmp_path / "samples"
     prompt = "a red cube on a blue sphere"  # test_tiny's reference prompt, seed and settings
-    assert script("sample").main([
+    assert load_script("sample").main([
         "--prompt", prompt, "--checkpoint-dir", str(export), "--out", str(samples),
         "--steps", "4", "--aware-steps", "2", "--seed", "7",
         "--set", "sampler.progress=False", "--set", "output.asset_turntable=False"]) == 0
