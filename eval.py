@@ -85,7 +85,7 @@ def _add_fit(p: argparse.ArgumentParser, default_bg: str) -> None:
     g.add_argument("--fit-views-per-step", type=int, default=FitConfig.views_per_step,
                    help="training views per Adam step (0 = all, full batch)")
     g.add_argument("--fit-seed", type=int, default=0, help="seed of the fit's initialisation")
-    g.add_argument("--consistency-background", default=default_bg,
+    g.add_argument("--consistency-background", default=default_bg, metavar="auto|R,G,B",
                    help="'auto' (median border colour of the views) or R,G,B in [0, 1]")
 
 
@@ -100,8 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="generated view folder (sample.py output) or a folder of them")
     f.add_argument("--reference", required=True,
                    help="reference renders: a view folder or a folder of them")
-    f.add_argument("--background", default="1,1,1",
-                   help="compositing colour of RGBA images, R,G,B in [0, 1] (default white)")
+    f.add_argument("--background", default="1,1,1", metavar="R,G,B",
+                   help="compositing colour of RGBA images, values in [0, 1]")
     f.add_argument("--exclude-views", default="",
                    help="comma list of view indices not scored (e.g. 0: the image condition)")
     f.add_argument("--max-views", type=int, default=24, help="G-Objaverse views read (0..N-1)")
@@ -114,7 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     c.add_argument("--lgm-checkpoint", help="converted LGM folder: enables score (a)")
     c.add_argument("--lgm-views", help="comma list of LGM input views (default 4 evenly "
                    "spaced: 0,6,12,18 of 24)")
-    c.add_argument("--background", default="1,1,1", help="compositing colour of RGBA images")
+    c.add_argument("--background", default="1,1,1", metavar="R,G,B",
+                   help="compositing colour of RGBA images, values in [0, 1]")
     c.add_argument("--max-views", type=int, default=24, help="G-Objaverse views read (0..N-1)")
     _add_common(c)
     _add_fit(c, "auto")
@@ -133,8 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a pipeline config value (as sample.py)")
     s.add_argument("--steps", type=int, help="DDIM steps (aware steps keep their fractions)")
     s.add_argument("--lgm-checkpoint", help="LGM for score (a) (default: the pipeline's)")
-    s.add_argument("--background", default=None,
-                   help="ground-truth compositing colour, R,G,B (default: the training "
+    s.add_argument("--background", default=None, metavar="R,G,B",
+                   help="ground-truth compositing colour (default: the training "
                         "background of the mode, grey 128/255 for t2mv, white for i2mv)")
     s.add_argument("--max-objects", type=int, choices=(1, 2, 3),
                    help="shapes scenes: at most this many primitives (default: videomv-tiny's "
@@ -173,15 +174,38 @@ def _parse_ints(text: str | None, what: str) -> list[int]:
     return cli.parse_ints(text, what)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The value checks of every subcommand's options, before anything is read or loaded."""
+    cli.check_output_dir(args.out)
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
+    for name, minimum in (("max_views", 1), ("fit_steps", 1), ("fit_gaussians", 1),
+                          ("fit_views_per_step", 0), ("num_samples", 1), ("steps", 1)):
+        cli.check_int(f"--{name.replace('_', '-')}", getattr(args, name, None), minimum)
+    if getattr(args, "seed_offset", None) is not None:
+        cli.check_seed(args.seed_offset, args.num_samples, "--seed-offset")
+    if getattr(args, "background", None) is not None:
+        cli.parse_rgb(args.background, "--background")  # a colour ('auto' is not one)
+    if getattr(args, "consistency_background", None) is not None:
+        _parse_rgb(args.consistency_background, "--consistency-background")
+    for name in ("exclude_views", "lgm_views"):
+        _parse_ints(getattr(args, name, None), f"--{name.replace('_', '-')}")
+    if getattr(args, "lpips_vgg16", None) or getattr(args, "lpips_weights", None):
+        if not (args.lpips_vgg16 and args.lpips_weights):
+            raise UsageError("LPIPS needs both --lpips-vgg16 and --lpips-weights")
+        for path in (args.lpips_vgg16, args.lpips_weights):
+            if not os.path.exists(path):
+                raise UsageError(f"LPIPS weights {path!r} do not exist")
+    for name in ("checkpoint_dir", "lgm_checkpoint"):
+        path = getattr(args, name, None)
+        if path and not os.path.isdir(path):
+            raise UsageError(f"--{name.replace('_', '-')} {path!r} is not a folder")
+
+
 def _load_lpips(args: argparse.Namespace):
     """(lpips_fn or None, note) from --lpips-vgg16 / --lpips-weights."""
-    if not args.lpips_vgg16 and not args.lpips_weights:
+    if not args.lpips_vgg16:  # both or neither, checked by check_args
         return None, "LPIPS: unavailable (no weights given: --lpips-vgg16 and --lpips-weights)"
-    if not (args.lpips_vgg16 and args.lpips_weights):
-        raise UsageError("LPIPS needs both --lpips-vgg16 and --lpips-weights")
-    for path in (args.lpips_vgg16, args.lpips_weights):
-        if not os.path.exists(path):
-            raise UsageError(f"LPIPS weights {path!r} do not exist")
     from flax import nnx
 
     from videomv_jax.convert.lpips import load_lpips
@@ -267,9 +291,7 @@ def _pair_sets(gen: list[str], ref: list[str]) -> list[tuple[str, str]]:
 
 def cmd_folders(args: argparse.Namespace) -> int:
     lpips_fn, lpips_note = _load_lpips(args)
-    bg = _parse_rgb(args.background, "--background")
-    if bg == "auto":
-        raise UsageError("--background must be a colour for reference metrics")
+    bg = cli.parse_rgb(args.background, "--background")
     exclude = set(_parse_ints(args.exclude_views, "--exclude-views"))
     pairs = _pair_sets(find_view_sets(args.generated), find_view_sets(args.reference))
     records, notes = [], [lpips_note, f"references composited on RGB {bg}"]
@@ -315,7 +337,7 @@ def _load_lgm(path: str):
 
 def cmd_consistency(args: argparse.Namespace) -> int:
     lpips_fn, lpips_note = _load_lpips(args)
-    bg = _parse_rgb(args.background, "--background")
+    bg = cli.parse_rgb(args.background, "--background")
     cbg = _parse_rgb(args.consistency_background, "--consistency-background")
     lgm = _load_lgm(args.lgm_checkpoint) if args.lgm_checkpoint else None
     fit_cfg = None if args.no_fit else _fit_config(args)
@@ -373,6 +395,12 @@ def _shapes_config(args: argparse.Namespace):
     cfg.sampler.progress = False
     if not tuple(cfg.sampler.aware_steps):
         raise UsageError("the shapes comparison needs 3D-aware steps (sampler.aware_steps)")
+    from videomv_jax.diffusion.sampler import SamplerConfig
+
+    try:  # the sampler settings, before any model loads
+        SamplerConfig(**cfg.sampler.to_dict()).ddim_schedule()
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"invalid configuration: {err}") from err
     return cfg, manifest
 
 
@@ -381,8 +409,6 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     from videomv_jax.data.shapes import random_scene, render_scene
     from videomv_jax.pipeline import MultiViewPipeline
 
-    if args.num_samples < 1:
-        raise UsageError("--num-samples must be >= 1")
     if args.num_samples < SMALL_N:
         print(f"warning: --num-samples {args.num_samples} < {SMALL_N}: the confidence intervals "
               f"will be very wide (none for 1 sample); use more samples for conclusions",
@@ -395,9 +421,7 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
         bg = [GREY] * 3 if cfg.mode == "t2mv" else [1.0, 1.0, 1.0]
     else:
-        bg = _parse_rgb(args.background, "--background")
-    if bg == "auto":
-        raise UsageError("--background must be a colour for the ground truth")
+        bg = cli.parse_rgb(args.background, "--background")
     cbg = _parse_rgb(args.consistency_background, "--consistency-background")
     try:  # check the world before the models load
         world = resolve_world(manifest.get("world_config") if default_model else None,
@@ -498,8 +522,6 @@ def cmd_shapes(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    if not 0 < args.confidence < 1:
-        raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
     for path in (args.report_a, args.report_b):
         if not os.path.isdir(os.path.join(path, "samples")):
             raise UsageError(f"{path!r} is not an evaluation report (no samples/ folder); "
@@ -516,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"folders": cmd_folders, "consistency": cmd_consistency, "shapes": cmd_shapes,
                 "compare": cmd_compare}
     try:
-        cli.check_output_dir(args.out)  # before anything is read or loaded
+        check_args(args)  # before anything is read or loaded
         return commands[args.command](args)
     except (UsageError, FolderError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -30,7 +30,6 @@ import os
 import re
 import sys
 import time
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -215,6 +214,20 @@ def _inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
     return mode, prompts
 
 
+def sampling_cameras(cfg, poses) -> tuple[np.ndarray, dict | None]:
+    """``(cameras [F, 4, 4], orbit)``: the config's orbit, an orbit file's ``{"elevation",
+    "distance"}`` (also written into ``cfg``, so that run.json's config states the orbit
+    used), or explicit matrices (``orbit`` None)."""
+    if poses is not None and not isinstance(poses, dict):
+        return np.asarray(poses, np.float32), None
+    if poses:
+        cfg.elevation = float(poses.get("elevation", cfg.elevation))
+        cfg.distance = float(poses.get("distance", cfg.distance))
+    orbit = {"elevation_deg": float(cfg.elevation), "distance": float(cfg.distance)}
+    cams = camera.orbit_cameras(cfg.num_frames, orbit["elevation_deg"], orbit["distance"])
+    return np.asarray(cams, np.float32), orbit
+
+
 def pose_note(cams: np.ndarray, trained: tuple[float, float], known: bool) -> str | None:
     """A note when the cameras ``cams`` [F, 4, 4] are not the orbit (elevation, distance)
     ``trained`` that the models were trained for (``known``) / released with."""
@@ -242,14 +255,7 @@ def generate(args: argparse.Namespace) -> int:
     check_args(args, len(prompts) or len(args.image))
     cfg, manifest, trained = build_config(args, mode)
     poses = load_poses(args.poses, cfg.num_frames) if args.poses else None
-    orbit = None
-    if poses is None or isinstance(poses, dict):
-        orbit = {"elevation_deg": float(dict(poses or {}).get("elevation", cfg.elevation)),
-                 "distance": float(dict(poses or {}).get("distance", cfg.distance))}
-        cams = np.asarray(camera.orbit_cameras(cfg.num_frames, orbit["elevation_deg"],
-                                               orbit["distance"]), np.float32)
-    else:
-        cams = np.asarray(poses, np.float32)
+    cams, orbit = sampling_cameras(cfg, poses)
     default_model = manifest is not None
     known_orbit = default_model or os.path.isfile(os.path.join(
         cfg.checkpoint_dir, "sampling.json"))
@@ -448,9 +454,6 @@ def render_only(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    # JAX warns on every os.fork() (imageio-ffmpeg starts ffmpeg with subprocess): harmless
-    # here, the child runs ffmpeg and never touches JAX
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     args = parse_args(argv)
     compile_cache.cache_dir_from_args(args)
     from videomv_jax.pipeline import PipelineError

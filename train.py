@@ -91,10 +91,15 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
     try:
+        cli.check_int("--steps", args.steps, 1)
         cfg = build_config(args)
         cli.check_output_dir(cfg.workdir, "--workdir")
         if args.export:
             cli.check_output_dir(args.export, "--export")
+        if not args.print_config:
+            from videomv_jax.train.run import check_data_path
+
+            check_data_path(cfg)
     except (UsageError, ValueError) as e:  # bad --config / --preset / --set / folders
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 ENV_VAR = "VIDEOMV_JAX_COMPILATION_CACHE"
 
 
@@ -21,3 +23,22 @@ def pytest_configure(config) -> None:
         return
     cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
     os.environ[ENV_VAR] = str(cache.mkdir("jax-compilation-cache")) if cache else "off"
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("sample")``: a fresh module of the repository's ``sample.py`` /
+    ``train.py`` / ``eval.py`` (their ``main`` runs in-process)."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    count = iter(range(1 << 30))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_script_{next(count)}",
+                                                      os.path.join(root, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

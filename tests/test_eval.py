@@ -520,3 +520,51 @@ def test_shapes_views_tool_writes_the_ground_truth_eval_reads(tmp_path, capsys):
         tool.main(["--out", str(tmp_path / "bad"), "--num-samples", "1",
                    "--max-size-ratio", "0.5"])
     assert "shapes world" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_eval_bad_input_fails_before_anything_is_read(eval_cli, tmp_path, capsys, monkeypatch):
+    """Every bad argument of eval.py: one ``error:`` line naming it, exit code 2, found before
+    any view is read or model loaded (both made to fail loudly here), nothing written."""
+    from videomv_jax.pipeline import MultiViewPipeline
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(MultiViewPipeline, "from_checkpoints", no_work)
+    monkeypatch.setattr(eval_cli, "find_view_sets", no_work)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = str(tmp_path / "out")
+    gen = str(tmp_path)
+    fo = ["folders", "--generated", gen, "--reference", gen]
+    co = ["consistency", "--generated", gen]
+    sh = ["shapes", "--num-samples", "2"]
+    cases = [
+        ([*fo, "--out", str(a_file)], "exists and is not a folder"),
+        ([*fo, "--background", "1,2"], "--background must be"),
+        ([*fo, "--background", "auto"], "--background must be R,G,B"),
+        ([*co, "--background", "auto"], "--background must be R,G,B"),
+        ([*fo, "--exclude-views", "a,b"], "--exclude-views must be a comma list of ints"),
+        ([*fo, "--confidence", "1.5"], "--confidence must be in (0, 1)"),
+        ([*fo, "--max-views", "0"], "--max-views must be"),
+        ([*co, "--consistency-background", "red"], "--consistency-background must be"),
+        ([*co, "--fit-steps", "0"], "--fit-steps must be"),
+        ([*co, "--fit-gaussians", "-5"], "--fit-gaussians must be"),
+        ([*co, "--fit-views-per-step", "-1"], "--fit-views-per-step must be"),
+        ([*co, "--lgm-views", "0,x"], "--lgm-views must be a comma list of ints"),
+        ([*co, "--lpips-vgg16", str(a_file)], "needs both --lpips-vgg16 and --lpips-weights"),
+        ([*sh, "--seed-offset", "99999999999999999999"], "--seed-offset must be an integer"),
+        ([*sh, "--seed-offset", "-3"], "--seed-offset must be an integer"),
+        (["shapes", "--num-samples", "0"], "--num-samples must be an integer >= 1"),
+        ([*sh, "--steps", "0"], "--steps must be"),
+        ([*sh, "--steps", "7"], "divide num_timesteps"),
+        ([*sh, "--set", "nope=1"], "unknown config key 'nope'"),
+        ([*sh, "--checkpoint-dir", str(tmp_path / "missing")], "missing"),
+    ]
+    for argv, message in cases:
+        argv = argv if "--out" in argv else [*argv, "--out", out]
+        assert eval_cli.main(argv) == 2, argv
+        err = [ln for ln in capsys.readouterr().err.strip().splitlines()
+               if not ln.startswith("warning:")]
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
+        assert not os.path.exists(out), argv  # nothing written

@@ -10,7 +10,6 @@ The reference (``tests/data/videomv_tiny_reference.npz``) was written by
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -41,14 +40,6 @@ REFERENCE_SEED = 7
 
 KINDS = {"unet": "unet-t2v", "unet_i2v": "unet-i2v", "vae": "vae", "clip_text": "clip-text",
          "clip_vision": "clip-vision", "lgm": "lgm"}
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli_tiny",
-                                                  os.path.join(ROOT, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _sha256(path) -> str:
@@ -168,8 +159,8 @@ def test_default_negative_prompt_truncation_is_silent_user_prompts_warn():
                                atol=1e-6)
 
 
-def test_sample_cli_default_model_text(tmp_path, capsys):
-    sample = _load_script("sample")
+def test_sample_cli_default_model_text(tmp_path, capsys, load_script):
+    sample = load_script("sample")
     out = tmp_path / "t2mv"
     code = sample.main(["--prompt", "a red dragon", "--out", str(out), "--steps", "4",
                         "--set", "sampler.progress=False"])
@@ -207,8 +198,8 @@ def test_sample_cli_default_model_text(tmp_path, capsys):
     assert psnr["world"] > 18.0 and psnr["world"] > psnr["lgm_frame"] + 4.0, psnr
 
 
-def test_sample_cli_default_model_image(tmp_path):
-    sample = _load_script("sample")
+def test_sample_cli_default_model_image(tmp_path, load_script):
+    sample = load_script("sample")
     example = sorted((tiny.weights_dir() / "examples").glob("*.png"))[0]
     out = tmp_path / "i2mv"
     code = sample.main(["--image", str(example), "--out", str(out), "--steps", "4",
@@ -220,11 +211,11 @@ def test_sample_cli_default_model_image(tmp_path):
     assert len(os.listdir(d / "views")) == 24
 
 
-def test_eval_shapes_default_model(tmp_path, capsys):
+def test_eval_shapes_default_model(tmp_path, capsys, load_script):
     """``eval.py shapes`` end to end on the default model: 2 held-out scenes, few steps, a short
     Gaussian fit; both variants scored, report + per-sample JSON written. A world setting out of
     range is refused before the models load."""
-    ev = _load_script("eval")
+    ev = load_script("eval")
     bad = ["shapes", "--num-samples", "1", "--max-size-ratio", "0.5",
            "--out", str(tmp_path / "bad")]
     assert ev.main(bad) == 2

@@ -464,6 +464,45 @@ def test_train_cli_trains_resumes_and_exports(tmp_path, capsys):
         assert all(equal) if same else not all(equal), part
 
 
+def test_train_cli_bad_input_fails_before_anything_runs(tmp_path, capsys, monkeypatch,
+                                                       load_script):
+    """Every bad train.py argument: one ``error:`` line naming it and the fix, exit code 2,
+    before JAX's distributed setup, any data read or model built; nothing written."""
+    from videomv_jax.train import run
+
+    def no_run(*a, **k):
+        raise AssertionError("training started before the arguments were checked")
+
+    monkeypatch.setattr(run, "train", no_run)
+    cli = load_script("train")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    work = tmp_path / "work"
+    base = ["--config", "t2mv", "--preset", "tiny", "--workdir", str(work)]
+    data = ["--data", str(tmp_path)]  # a folder, but not a built data set
+    cases = [
+        (["--config", "nope", "--workdir", str(work)], "--config 'nope' is neither one of"),
+        ([*base, "--set", "train.nope=1"], "unknown config key 'train.nope'"),
+        ([*base, "--set", "train.num_steps='x'"], "bad value for config key 'train.num_steps'"),
+        ([*base, "--set", "train.num_steps"], "--set needs KEY=VALUE"),
+        ([*base, "--steps", "0"], "--steps must be an integer >= 1"),
+        (["--config", "t2mv", "--preset", "tiny", "--workdir", str(a_file / "run")],
+         "is a file, not a folder"),
+        ([*base, "--export", str(a_file)], "--export"),
+        (base, "config.data.path is empty"),
+        ([*base, *data], "is not a built data set"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
+        assert not work.exists() and a_file.read_text() == "x", argv
+    with pytest.raises(SystemExit) as exc:  # argparse's own: exit code 2 as well
+        cli.main([*base, "--preset", "big"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'big'" in capsys.readouterr().err
+
+
 def test_tiny_export_is_a_sampleable_folder(tmp_path):
     """--export of the tiny text→MV run: beside the trained UNet and text tower it copies the
     frozen VAE and the packaged LGM, and writes the sampling settings the models were trained
@@ -502,6 +541,79 @@ def test_tiny_export_is_a_sampleable_folder(tmp_path):
     assert scfg.checkpoint_dir == str(export)
     pipe = MultiViewPipeline.from_checkpoints(export, scfg)
     assert pipe.random_weights == []
+
+
+#: the smallest text→MV models the tiny recipe accepts (one UNet level, a 2-layer text tower):
+#: what the real train → export → sample test trains, so that its compiles stay short
+E2E_UNET = ("{'variant': 'text', 'base_channels': 8, 'channel_mult': (1,), 'num_res_blocks': 1, "
+            "'attn_levels': (True,), 'head_dim': 8, 'first_temporal_heads': 1, "
+            "'context_dim': 16, 'norm_groups': 4, 'resblock_dropout': 0.0, "
+            "'temporal_conv_dropout': 0.0}")
+E2E_TEXT = ("{'vocab_size': 512, 'context_length': 32, 'width': 16, 'layers': 2, 'heads': 2, "
+            "'mlp_dim': 32, 'projection_dim': None}")
+
+
+@pytest.mark.slow
+def test_tiny_t2mv_train_export_then_sample_from_the_export(tmp_path, capsys, load_script):
+    """The user path of the README, for real: ``train.py --config t2mv --preset tiny`` (one
+    shapes object at 64², one step, the models shrunk by --set) with ``--export DIR``, then
+    ``sample.py --checkpoint-dir DIR``. The export samples with the settings it recorded
+    (64², CFG 3, render size 64, orbit 15° / 1.645; only the step count is cut to the
+    packaged model's reference run's, 4 steps with a 3D-aware step at index 2, seed 7), writes
+    every output, and its views are the exported models' (run.json names the step-1 UNet of
+    this run), not the packaged videomv-tiny's: they differ from its stored reference sample of
+    the same prompt, seed and settings by a mean |Δ| > 0.05 (test_tiny holds the packaged
+    model to that reference within 1e-4 mean; PNG quantisation is ≤ 2e-3)."""
+    from PIL import Image
+
+    from videomv_jax.data.builders import build_dataset
+
+    data = build_dataset("shapes", tmp_path / "data", num_objects=1, resolution=64)
+    export = tmp_path / "export"
+    assert load_script("train").main([
+        "--config", "t2mv", "--preset", "tiny", "--data", str(data.path),
+        "--workdir", str(tmp_path / "run"), "--export", str(export), "--steps", "1",
+        "--set", f"models.unet.config={E2E_UNET}", "--set", f"models.text.config={E2E_TEXT}",
+        "--set", "data.input.batch_size=1", "--set", "optim.warmup_steps=0",
+        "--set", "train.progress=False", "--set", "train.tensorboard=False"]) == 0
+    out = capsys.readouterr().out
+    assert "steps 0→1" in out
+    assert sorted(p.name for p in export.iterdir()) == ["clip_text", "lgm", "sampling.json",
+                                                         "unet", "vae"]
+    recorded = json.loads((export / "sampling.json").read_text())["modes"]["t2mv"]
+
+    samples = tmp_path / "samples"
+    prompt = "a red cube on a blue sphere"  # test_tiny's reference prompt, seed and settings
+    assert load_script("sample").main([
+        "--prompt", prompt, "--checkpoint-dir", str(export), "--out", str(samples),
+        "--steps", "4", "--aware-steps", "2", "--seed", "7",
+        "--set", "sampler.progress=False", "--set", "output.asset_turntable=False"]) == 0
+    err = capsys.readouterr().err
+    assert not any(ln.startswith("error") for ln in err.splitlines()), err
+    assert "videomv-tiny" not in err, err  # no default-model note: the export was used
+    d = samples / "000_a_red_cube_on_a_blue_sphere"
+    assert sorted(os.listdir(d / "views")) == [f"{i:03d}.png" for i in range(24)]
+    for name in ("grid.png", "gaussians.ply", "run.json"):
+        assert (d / name).is_file(), name
+    assert (d / "views.mp4").is_file() or (d / "views.gif").is_file()
+    assert (samples / "index.json").is_file()
+    record = json.loads((d / "run.json").read_text())
+    cfg = record["config"]
+    assert (cfg["resolution"], cfg["elevation"], cfg["distance"]) == (
+        recorded["resolution"], recorded["elevation"], recorded["distance"]) == (64, 15.0, 1.645)
+    for key in ("guidance_scale", "render_size", "capacity_per_scene"):
+        assert cfg["sampler"][key] == recorded[f"sampler.{key}"], key
+    assert (cfg["sampler"]["num_steps"], cfg["sampler"]["aware_steps"]) == (4, [2])
+    assert record["cameras"]["trained_orbit"] == {"elevation_deg": 15.0, "distance": 1.645}
+    assert record["checkpoint_dir"] == str(export)
+    unet = record["sources"]["unet"]
+    assert (unet["trained_by"], unet["step"], unet["workdir"]) == (
+        "videomv_jax train.py", 1, str(tmp_path / "run"))
+    assert not record["weights"].startswith(("videomv-tiny", "RANDOM"))
+    views = np.stack([np.asarray(Image.open(d / "views" / f"{i:03d}.png"), np.float32) / 255
+                      for i in range(0, 24, 4)])
+    packaged = np.load(os.path.join(ROOT, "tests", "data", "videomv_tiny_reference.npz"))["views"]
+    assert views.shape == packaged.shape and np.abs(views - packaged).mean() > 0.05
 
 
 # ---- stage-1 objective, checked by hand ---------------------------------------------------------
@@ -576,6 +688,28 @@ def test_image_condition_dropout_zeroes_the_flagged_image_embeddings(tokenizer):
     del batch["condition_dropped"]  # released recipe (no flag): always conditioned
     np.testing.assert_array_equal(
         np.asarray(task.conditioning(models, batch, jax.random.key(0))["image_embedding"]), emb)
+
+
+def test_dropped_captions_do_not_warn_about_the_default_negative_prompt(tokenizer):
+    """Caption dropout puts VideoMV's negative prompt (longer than the tiny towers' context)
+    into the batch at many steps: its truncation is the design and stays silent; a real
+    over-long caption in the same batch still warns, once."""
+    import warnings
+
+    from videomv_jax.data import DEFAULT_NEGATIVE_PROMPT
+    from videomv_jax.models.clip import PromptTruncatedWarning
+
+    task = Stage1Task.for_variant("text", tokenizer=tokenizer, latents_key="latents",
+                                  context_length=16)
+    long_caption = " ".join(["a red cube"] * 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):  # three steps that dropped a caption
+            task.prepare({"caption": [DEFAULT_NEGATIVE_PROMPT, "a blue sphere"]})
+        out = task.prepare({"caption": [DEFAULT_NEGATIVE_PROMPT, long_caption]})
+    messages = [str(w.message) for w in caught if issubclass(w.category, PromptTruncatedWarning)]
+    assert len(messages) == 1 and "red cube" in messages[0], messages
+    assert out["tokens"].shape == (2, 16)
 
 
 def test_image_variant_prepares_its_clip_input_from_the_unshifted_view(tokenizer):

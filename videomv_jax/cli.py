@@ -11,6 +11,7 @@ import argparse
 import ast
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "UsageError",
     "apply_overrides",
     "check_finite",
+    "check_int",
     "check_output_dir",
     "check_seed",
     "config_keys",
@@ -169,6 +171,13 @@ def check_seed(seed: int, count: int = 1, what: str = "--seed") -> int:
     return seed
 
 
+def check_int(name: str, value: int | None, minimum: int = 1) -> int | None:
+    """``value`` when it is ``None`` (not given) or ``>= minimum``."""
+    if value is not None and value < minimum:
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
 def check_finite(name: str, value: float, positive: bool = False) -> float:
     """A finite number (and > 0 when ``positive``)."""
     if not math.isfinite(value) or (positive and value <= 0):
@@ -177,24 +186,42 @@ def check_finite(name: str, value: float, positive: bool = False) -> float:
     return value
 
 
+def _probe_writable(folder: str) -> str | None:
+    """``None`` when a file can be created in the existing ``folder`` (one is created and
+    removed: ``os.access`` says yes to root everywhere, also on read-only and virtual file
+    systems such as ``/proc``), else the reason."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".videomv-write-probe-", dir=folder)
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
 def check_output_dir(path: str, what: str = "--out") -> str:
     """``path`` when it is a folder that exists and is writable, or can be created (its nearest
-    existing parent is a writable folder). Nothing is created."""
+    existing parent is a writable folder). Writability is tried, not assumed: a file is
+    created in that folder and removed again; nothing else is created."""
     path = os.fspath(path)
     if "://" in path:  # a remote store (gs://...): checked by its own client when written
         return path
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise UsageError(f"{what} {path!r} exists and is not a folder; give a folder path")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UsageError(f"{what} {path!r} is not writable; give a folder you can write to")
+        reason = _probe_writable(path)
+        if reason:
+            raise UsageError(f"{what} {path!r} is not writable (creating a file there failed: "
+                             f"{reason}); give a folder you can write to")
         return path
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise UsageError(f"{what} {path!r} cannot be created: {parent!r} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {path!r} cannot be created: {parent!r} is not writable; give "
-                         f"a folder you can write to")
+    reason = _probe_writable(parent)
+    if reason:
+        raise UsageError(f"{what} {path!r} cannot be created: {parent!r} is not writable "
+                         f"(creating a file there failed: {reason}); give a folder you can "
+                         f"write to")
     return path

@@ -11,6 +11,9 @@ import numpy as np
 
 __all__ = ["to_uint8", "image_grid", "write_image", "write_video"]
 
+#: JAX's warning on every os.fork() (a regular expression for ``warnings.filterwarnings``)
+FORK_WARNING = r"os\.fork\(\) was called"
+
 
 def to_uint8(images) -> np.ndarray:
     """Float images in [0, 1] (any leading axes, channels last) → uint8 (rounded, clipped)."""
@@ -58,7 +61,13 @@ def write_video(path: str | os.PathLike, frames, fps: int = 8) -> str:
         frames = to_uint8(frames)
     path = os.fspath(path)
     try:
-        iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
+        with warnings.catch_warnings():
+            # imageio-ffmpeg starts ffmpeg through subprocess with a preexec_fn, i.e. a fork,
+            # and JAX's at-fork hook warns that forking a multithreaded process may deadlock:
+            # harmless here (the child only execs ffmpeg), so no sample.py / train.py /
+            # eval.py / app run prints it
+            warnings.filterwarnings("ignore", message=FORK_WARNING, category=RuntimeWarning)
+            iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
         return path
     except Exception as err:  # noqa: BLE001 - any encoder problem falls back to GIF
         gif = os.path.splitext(path)[0] + ".gif"
