@@ -67,8 +67,8 @@ DEMO_MESH_SETTINGS = {"resolution": 96, "target_faces": 5_000, "texture_size": 5
                       "bake_views": 16, "bake_resolution": 128}
 """The page's mesh export (:class:`videomv_jax.export.mesh.MeshConfig` fields), coarser than
 ``sample.py --mesh``'s defaults so that it adds seconds on a CPU: videomv-tiny's asset (4,096
-Gaussians) meshes in about 10 s once compiled (the warm-up compiles it) on the shared 2-core
-CPU under load."""
+Gaussians) meshes in 1.9 s once compiled (the warm-up compiles it) on the idle 2-core CPU,
+about 10 s when the machine is loaded."""
 
 
 class AppInputError(ValueError):
@@ -718,7 +718,7 @@ def build_demo(model: DemoModel, output_root: str, keep_requests: int = 16,
                 with gr.Row():
                     viewer = gr.Model3D(label="3D Gaussians (drag to orbit, scroll to zoom)",
                                         height=400, elem_id="viewer")
-                    mesh_viewer = gr.Model3D(label="Textured mesh (.glb, unlit colours)",
+                    mesh_viewer = gr.Model3D(label="Textured mesh (.glb; drag to orbit)",
                                              height=400, elem_id="mesh_viewer")
                 files = gr.File(label="Downloads: .ply, mesh .glb, zip of everything "
                                 "(.obj + .mtl + .png too), run.json",
