@@ -60,6 +60,7 @@ def main(argv=None) -> int:
         n = 4096
         cfg = MeshConfig(resolution=48, texture_size=128, bake_views=4, bake_resolution=64,
                          target_faces=2000)
+    load_start = os.getloadavg()
     scene = make_scene(n, args.seed)
     log(f"asset: {n:,} Gaussians; baseline peak RSS {peak_rss_gib():.2f} GiB")
     rows = []
@@ -92,9 +93,10 @@ def main(argv=None) -> int:
         f"`{jax.devices()[0].platform}`",
         "",
         f"- machine: {cpu_model()}, {core_count()} cores available, {platform.platform()}, "
-        f"Python {platform.python_version()}; load average {load[0]:.1f} / {load[1]:.1f} / "
-        f"{load[2]:.1f} (1 / 5 / 15 min) when it ended (the machine is shared: timings under "
-        "load are upper bounds)",
+        f"Python {platform.python_version()}; load average (1 / 5 / 15 min) "
+        f"{load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f} when it started, "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} when it ended (the machine is shared: "
+        "timings under load are upper bounds)",
         f"- jax {jax.__version__}, jaxlib {jaxlib.__version__}, device `{jax.devices()[0]}`",
         "- command: `python benchmarks/mesh.py`",
         "- measured: `videomv_jax.export.mesh.export_mesh` with the default `MeshConfig` "

@@ -4,11 +4,11 @@
 * the page driven in a real headless Chromium (Debian's ``chromium`` through Playwright's
   Python client): the app runs as a subprocess on 127.0.0.1 with videomv-tiny at 4 DDIM steps
   (3D-aware steps 1/2/3, the model's fractions), a prompt is typed and run, and the page must
-  show 24 views, two videos with a source, per-step progress and a 3D viewer canvas with
-  non-background pixels, while a second user's request waits in the queue and then completes
-  too; a bad input must show its error message. Screenshots go to
-  ``test-artifacts/app/`` (ignored by git). Skipped, with the reason, when Chromium or the
-  ``playwright`` package is missing (``.ci/run`` installs both).
+  show 24 views, two videos with a source, per-step progress, a 3D viewer canvas and a mesh
+  viewer canvas with non-background pixels and a ``mesh.glb`` download, while a second user's
+  request waits in the queue and then completes too; a bad input must show its error message.
+  Screenshots go to ``test-artifacts/app/`` (ignored by git). Skipped, with the reason, when
+  Chromium or the ``playwright`` package is missing (``.ci/run`` installs both).
 """
 
 from __future__ import annotations
@@ -153,6 +153,42 @@ def test_viewer_copy_is_the_asset_turned_upright_for_3dgs_viewers():
     np.testing.assert_array_equal(v.colors, g.colors)
 
 
+def test_demo_mesh_is_written_with_an_upright_viewer_copy_and_a_bad_asset_is_a_note(
+        tmp_path, monkeypatch):
+    import trimesh
+
+    from videomv_jax import app
+    from videomv_jax.app import write_demo_mesh
+    from videomv_jax.render.gaussians import Gaussians
+
+    # the page's settings, without the texture bake (its renders take a minute to compile on
+    # a 2-core CPU; the bake is tested in test_mesh_export)
+    monkeypatch.setitem(app.DEMO_MESH_SETTINGS, "texture_size", 0)
+    monkeypatch.setitem(app.DEMO_MESH_SETTINGS, "resolution", 48)
+
+    # one Gaussian, tall along the world's z (up): its iso-surface is an ellipsoid
+    g = Gaussians(means=np.array([[0.1, -0.2, 0.3]], np.float32),
+                  scales=np.array([[0.05, 0.08, 0.2]], np.float32),
+                  rotations=np.array([[1.0, 0.0, 0.0, 0.0]], np.float32),
+                  opacities=np.array([0.9], np.float32),
+                  colors=np.array([[0.8, 0.2, 0.1]], np.float32))
+    notes = []
+    out = write_demo_mesh(g, str(tmp_path), notes)
+    assert notes == [] and out["faces"] > 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh.glb", "mesh.obj",
+                                                          "viewer_mesh.glb"]
+    mesh = trimesh.load(tmp_path / "mesh.glb", force="mesh", process=False)
+    upright = trimesh.load(out["viewer"], force="mesh", process=False)
+    x, y, z = mesh.vertices.T  # the asset's (the .ply's) z-up frame
+    np.testing.assert_allclose(upright.vertices, np.stack([x, z, -y], -1), atol=1e-6)
+    assert np.argmax(np.ptp(mesh.vertices, 0)) == 2 and np.argmax(np.ptp(upright.vertices, 0)) == 1
+    assert upright.volume > 0  # a rotation: faces still wound outward
+    clear = g.replace(opacities=np.zeros(1, np.float32))
+    assert write_demo_mesh(clear, str(tmp_path / "clear"), notes) is None
+    assert len(notes) == 1 and notes[0].startswith("no mesh:") and "fully transparent" in notes[0]
+    assert not (tmp_path / "clear").exists()
+
+
 # ---- in a browser -------------------------------------------------------------------------------
 
 
@@ -241,6 +277,21 @@ def _foreground_fraction(png: bytes) -> float:
     return float(np.mean(np.abs(rgb - background).max(-1) > 24))
 
 
+def _canvas_foreground(page, elem: str, shot_name: str) -> float:
+    """The foreground fraction of the canvas in ``elem`` once it draws (screenshot saved)."""
+    canvas = page.locator(f"{elem} canvas").first
+    canvas.scroll_into_view_if_needed()
+    fraction = 0.0
+    for _ in range(30):  # the viewers load their file (the splat viewer sorts it) before drawing
+        page.wait_for_timeout(500)
+        shot = canvas.screenshot()
+        fraction = _foreground_fraction(shot)
+        if fraction > 0.005:
+            break
+    (ARTIFACTS / shot_name).write_bytes(shot)
+    return fraction
+
+
 def _mask(frame: np.ndarray) -> np.ndarray:
     """Object pixels: those far from the frame's border colour."""
     f = frame.astype(int)
@@ -294,21 +345,14 @@ def test_prompt_to_views_videos_and_3d_viewer_in_a_browser(app_url, browser):
     for elem in ("#views_video video", "#turntable video"):
         src = page.locator(elem).first.get_attribute("src")
         assert src and ("/file=" in src or "/gradio_api/file" in src), (elem, src)
-    canvas = page.locator("#viewer canvas").first
-    canvas.scroll_into_view_if_needed()
-    fraction = 0.0
-    for _ in range(30):  # the splat viewer loads the .ply and sorts it before it draws
-        page.wait_for_timeout(500)
-        shot = canvas.screenshot()
-        fraction = _foreground_fraction(shot)
-        if fraction > 0.005:
-            break
-    (ARTIFACTS / "2_viewer.png").write_bytes(shot)
+    fraction = _canvas_foreground(page, "#viewer", "2_viewer.png")
+    mesh_fraction = _canvas_foreground(page, "#mesh_viewer", "2_mesh_viewer.png")
     page.screenshot(path=str(ARTIFACTS / "1_result.png"), full_page=True)
     assert fraction > 0.005, f"the 3D viewer shows only background ({fraction:.4%} other pixels)"
+    assert mesh_fraction > 0.005, f"the mesh viewer shows only background ({mesh_fraction:.4%})"
     links = [page.locator("#downloads a").nth(i).get_attribute("href") or ""
              for i in range(page.locator("#downloads a").count())]
-    for name in ("gaussians.ply", "run.json", ".zip"):
+    for name in ("gaussians.ply", "mesh.glb", "run.json", ".zip"):
         assert any(href.endswith(name) for href in links), links
     other.locator("#views img").nth(23).wait_for(timeout=RUN_TIMEOUT_S * 1000)
     assert other.locator("#views img").count() == 24
@@ -321,9 +365,15 @@ def test_prompt_to_views_videos_and_3d_viewer_in_a_browser(app_url, browser):
         assert record["prompt"] in ("a red cube on a blue sphere", "a green torus")
         assert len(list((folder / "views").glob("*.png"))) == 24
         _assert_turntable_matches_views(folder)
+        mesh_files = ["mesh.glb", "mesh.obj", "mesh.mtl", "mesh.png"]
+        assert record["outputs"]["mesh"] == mesh_files and record["mesh"]["faces"] > 100
+        import zipfile
+
+        (archive,) = folder.glob("*.zip")
+        assert set(mesh_files) <= set(zipfile.ZipFile(archive).namelist())
     other.close()
     print(f"run in the browser: {run_s:.1f} s, progress seen {sorted(set(progress_seen))}, "
-          f"viewer foreground {fraction:.2%}")
+          f"viewer foreground {fraction:.2%}, mesh viewer {mesh_fraction:.2%}")
     page.close()
 
 

@@ -13,6 +13,11 @@ is sphere-traced on its exact signed distance and refined by Newton steps until
 ``|sdf| <= TORUS_TOLERANCE`` (1e-7 world units; the hit point is that close to the surface).
 Shading is Lambert with ambient under a fixed world light.
 
+Analytic surfaces, for geometry ground truth (e.g. a mesh's Chamfer distance and normal
+consistency): :func:`surface_area`, :func:`contains` (strictly inside), :func:`sample_surface`
+(points uniform by area on one primitive, with outward unit normals) and
+:func:`sample_scene_surface` (the outer surface of a scene's union).
+
 Outputs: ``rgba`` float32 ``[V, H, W, 4]`` (premultiplied: background is ``0`` with alpha
 ``0``; alpha is exactly 0 or 1, no anti-aliasing) and ``depth`` float32 ``[V, H, W]``: the
 OpenCV camera ``z`` (distance along the optical axis) of the nearest hit, ``0`` for background.
@@ -41,9 +46,13 @@ __all__ = [
     "WORLD_KEYS",
     "Primitive",
     "Scene",
+    "contains",
     "random_scene",
     "render_scene",
     "resolve_world",
+    "sample_scene_surface",
+    "sample_surface",
+    "surface_area",
 ]
 
 PALETTE: dict[str, tuple[float, float, float]] = {
@@ -493,3 +502,135 @@ def render_scene(
     shape = (num_views, resolution, resolution)
     rgba = np.concatenate([color, hit[:, None].astype(np.float64)], -1).reshape(*shape, 4)
     return rgba.astype(np.float32), depth.reshape(shape).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# analytic surfaces (ground truth for geometry)
+# --------------------------------------------------------------------------------------------
+
+
+def _torus_radii(p: Primitive) -> tuple[float, float]:
+    return p.half_extents[0] - p.minor_radius, p.minor_radius
+
+
+def _part_areas(p: Primitive) -> np.ndarray:
+    """Areas of a primitive's smooth pieces, in the order :func:`sample_surface` draws them:
+    sphere / torus: one; box: the ±x, ±y, ±z face pairs; cylinder: side, two caps; cone:
+    side, base."""
+    he = np.asarray(p.half_extents, np.float64)
+    if p.kind == "sphere":
+        return np.array([4.0 * np.pi * he[0] ** 2])
+    if p.kind == "box":
+        return 8.0 * np.array([he[1] * he[2], he[0] * he[2], he[0] * he[1]])
+    r, hh = he[0], he[2]
+    if p.kind == "cylinder":
+        return np.array([4.0 * np.pi * r * hh, 2.0 * np.pi * r * r])
+    if p.kind == "cone":
+        return np.array([np.pi * r * np.hypot(r, 2.0 * hh), np.pi * r * r])
+    major, minor = _torus_radii(p)
+    return np.array([4.0 * np.pi ** 2 * major * minor])
+
+
+def surface_area(p: Primitive) -> float:
+    """Exact surface area of ``p`` (world units²)."""
+    return float(_part_areas(p).sum())
+
+
+def contains(p: Primitive, points: np.ndarray) -> np.ndarray:
+    """Whether world ``points [P, 3]`` lie strictly inside ``p`` (bool ``[P]``; the surface
+    itself is outside)."""
+    x = np.asarray(points, np.float64) - np.asarray(p.center)
+    he = np.asarray(p.half_extents, np.float64)
+    if p.kind == "sphere":
+        return np.sum(x * x, -1) < he[0] ** 2
+    if p.kind == "box":
+        return np.all(np.abs(x) < he, -1)
+    if p.kind == "torus":
+        return _torus_sdf(x, *_torus_radii(p)) < 0
+    rho2 = x[:, 0] ** 2 + x[:, 1] ** 2
+    in_height = np.abs(x[:, 2]) < he[2]
+    if p.kind == "cylinder":
+        return in_height & (rho2 < he[0] ** 2)
+    k = he[0] / (2.0 * he[2])  # cone: radius k·(hh − z), base r at z = −hh
+    return in_height & (rho2 < (k * (he[2] - x[:, 2])) ** 2)
+
+
+def _disk(rng: np.random.Generator, n: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    rho, theta = radius * np.sqrt(rng.random(n)), rng.uniform(0.0, 2.0 * np.pi, n)
+    return rho * np.cos(theta), rho * np.sin(theta)
+
+
+def sample_surface(p: Primitive, n: int, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` points uniform by area on the surface of ``p`` and their outward unit normals,
+    both float64 ``[n, 3]`` in world coordinates. On the edges of boxes, cylinders and cones
+    (measure zero) a point takes the normal of the piece it was drawn on."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    he = np.asarray(p.half_extents, np.float64)
+    areas = _part_areas(p)
+    part = rng.choice(len(areas), n, p=areas / areas.sum())
+    pts, nrm = np.zeros((n, 3)), np.zeros((n, 3))
+    if p.kind == "sphere":
+        d = rng.normal(size=(n, 3))
+        nrm = d / np.linalg.norm(d, axis=1, keepdims=True)
+        pts = he[0] * nrm
+    elif p.kind == "box":
+        sign = rng.choice([-1.0, 1.0], n)
+        pts = rng.uniform(-1.0, 1.0, (n, 3))
+        pts[np.arange(n), part] = sign
+        pts *= he
+        nrm[np.arange(n), part] = sign
+    elif p.kind in ("cylinder", "cone"):
+        r, hh = he[0], he[2]
+        cap = part == 1
+        theta = rng.uniform(0.0, 2.0 * np.pi, n)
+        if p.kind == "cylinder":
+            rho = np.full(n, r)
+            z = rng.uniform(-hh, hh, n)
+            nrm[:] = np.stack([np.cos(theta), np.sin(theta), np.zeros(n)], -1)
+            cap_z = np.where(rng.random(n) < 0.5, -hh, hh)
+        else:  # lateral area grows linearly with the distance u from the apex: u = √U
+            u = np.sqrt(rng.random(n))
+            rho, z = r * u, hh - 2.0 * hh * u
+            g = np.stack([np.cos(theta), np.sin(theta), np.full(n, r / (2.0 * hh))], -1)
+            nrm[:] = g / np.linalg.norm(g, axis=1, keepdims=True)
+            cap_z = np.full(n, -hh)
+        pts = np.stack([rho * np.cos(theta), rho * np.sin(theta), z], -1)
+        cx, cy = _disk(rng, n, r)
+        pts[cap] = np.stack([cx, cy, cap_z], -1)[cap]
+        nrm[cap] = np.stack([np.zeros(n), np.zeros(n), np.sign(cap_z)], -1)[cap]
+    else:  # torus: the area element (R + a cos φ) a dθ dφ; φ drawn by rejection
+        major, minor = _torus_radii(p)
+        phi = np.empty(0)
+        while len(phi) < n:
+            cand = rng.uniform(0.0, 2.0 * np.pi, 2 * (n - len(phi)) + 8)
+            keep = rng.random(len(cand)) * (major + minor) < major + minor * np.cos(cand)
+            phi = np.concatenate([phi, cand[keep]])
+        phi = phi[:n]
+        theta = rng.uniform(0.0, 2.0 * np.pi, n)
+        nrm = np.stack([np.cos(phi) * np.cos(theta), np.cos(phi) * np.sin(theta),
+                        np.sin(phi)], -1)
+        ring = np.stack([major * np.cos(theta), major * np.sin(theta), np.zeros(n)], -1)
+        pts = ring + minor * nrm
+    return pts + np.asarray(p.center, np.float64), nrm
+
+
+def sample_scene_surface(scene: Scene, n: int, rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Points uniform by area on the outer surface of the union of ``scene``'s primitives,
+    with outward unit normals: ``n`` draws spread over the primitives by their area, of which
+    those strictly inside another primitive are dropped (so fewer than ``n`` come back when
+    primitives overlap)."""
+    areas = np.array([surface_area(p) for p in scene.primitives])
+    counts = rng.multinomial(n, areas / areas.sum())
+    pts, nrm = [], []
+    for i, (p, count) in enumerate(zip(scene.primitives, counts, strict=True)):
+        x, nx = sample_surface(p, int(count), rng)
+        hidden = np.zeros(len(x), bool)
+        for j, q in enumerate(scene.primitives):
+            if j != i:
+                hidden |= contains(q, x)
+        pts.append(x[~hidden])
+        nrm.append(nx[~hidden])
+    return np.concatenate(pts), np.concatenate(nrm)

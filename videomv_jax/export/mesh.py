@@ -298,7 +298,10 @@ def opacity_field(gaussians: Gaussians, resolution: int = MeshConfig.resolution,
     stop = np.ceil((means + ext - origin) / spacing).astype(np.int64)
     size = (stop - start + 1).max(1)
     window = _WINDOWS[np.searchsorted(_WINDOWS, np.minimum(size, _WINDOWS[-1]))]
-    acc = jnp.zeros((int(np.prod(dims)), 5), jnp.float32)
+    # the accumulator is a (resolution + 5)³ cube whatever the asset's proportions (cropped
+    # below): the jitted chunks then compile once per resolution, not once per asset shape
+    alloc = tuple(max(d, resolution + 5) for d in dims)
+    acc = jnp.zeros((int(np.prod(alloc)), 5), jnp.float32)
     consts = (jnp.asarray(origin, jnp.float32), jnp.float32(spacing),
               jnp.float32(sigma_extent ** 2))
     for w in np.unique(window):
@@ -316,8 +319,8 @@ def opacity_field(gaussians: Gaussians, resolution: int = MeshConfig.resolution,
 
             acc = _splat_chunk(acc, take(start, 0, np.int32), take(means, 0.0),
                                take(icov, np.eye(3)), take(arrays["opacities"], 0.0),
-                               take(arrays["colors"], 0.0), *consts, window=int(w), dims=dims)
-    acc = np.asarray(acc).reshape(*dims, 5)
+                               take(arrays["colors"], 0.0), *consts, window=int(w), dims=alloc)
+    acc = np.asarray(acc).reshape(*alloc, 5)[:dims[0], :dims[1], :dims[2]]
     return OpacityField(alpha=-np.expm1(acc[..., 0]), weight=acc[..., 1],
                         weighted_color=acc[..., 2:], origin=origin, spacing=spacing)
 
