@@ -43,7 +43,7 @@ else:  # torch.empty: pages never written, so writing the file needs little memo
     torch.save({"state_dict": sd} if wrap == "wrap" else sd, out)
 """
 
-#: name → (spec json, file, torch dtype, wrap in {"state_dict": ...})
+#: name → (tests/data/checkpoints table, file, torch dtype, wrap in {"state_dict": ...})
 SOURCES = {
     "videomv_t2v": ("videomv_t2v.json", "videomv_t2v.pth", "float16", "wrap"),
     "videomv_i2v": ("videomv_i2v.json", "videomv_i2v.pth", "float16", "wrap"),

@@ -1,4 +1,4 @@
-"""Image→multi-view sampling config (spec §2.4–2.5, §3.3, §4): ``get_config()`` →
+"""Image→multi-view sampling config (docs/design.md §2.4–2.5, §3.3, §4): ``get_config()`` →
 ``ConfigDict``. Adds the ``clip_vision`` subdirectory; the UNet is kind unet-i2v."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
-    """Stage-1 image→MV fine-tuning (spec §7): v loss on cosine + zero terminal SNR, offset
+    """Stage-1 image→MV fine-tuning (design §7): v loss on cosine + zero terminal SNR, offset
     noise 0.1, empty caption, white background, random cyclic frame shift, conditioning on the
     unshifted view 0 (VAE latent + CLIP image embedding), grad ×0.5 on the inherited spatial
     layers, AdamW 3e-5, EMA 0.9999.
@@ -44,7 +44,7 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
     shift)."""
     c = base_train_config("unet", "image", preset)
     c.grad_scale = 0.5
-    # released: no condition dropout, cyclic frame shift on (spec §4, §7.1)
+    # released: no condition dropout, cyclic frame shift on (design §4, §7.1)
     c.data.input = ml_collections.ConfigDict(dict(mode="i2mv", batch_size=8, resolution=256,
                                                   seed=0, caption_dropout=0.0,
                                                   frame_shift=True))
@@ -58,8 +58,8 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
     else:
         # condition dropout (caption → negative prompt and a zero CLIP image embedding, the
         # sampler's uncond branch) so that CFG has a trained unconditional branch; the released
-        # recipe has none (spec §4: p_zero 0 for images)
-        # no cyclic frame shift: the released shift (spec §7.1) rotates the object against the
+        # recipe has none (design §4: p_zero 0 for images)
+        # no cyclic frame shift: the released shift (design §7.1) rotates the object against the
         # fixed camera labels, so the generated orbit starts at a random azimuth relative to the
         # input; without it frame 0 is the input view, as sample.py / eval.py assume
         c.data.input.update(batch_size=4, resolution=64, caption_dropout=0.1, frame_shift=False)

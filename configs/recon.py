@@ -1,6 +1,6 @@
 """Reconstructor (LGM) training configs: ``get_train_config(preset)``.
 
-Stage 2 of VideoMV (spec §6.5): LGM trained on the frozen text UNet's x̂0 predictions at a
+Stage 2 of VideoMV (docs/design.md §6.5): LGM trained on the frozen text UNet's x̂0 predictions at a
 random t (4 random input views decoded by the VAE, 8 supervised views rendered on a random
 background, MSE(rgb) + MSE(alpha) + LPIPS-VGG). ``task.source="gt"`` trains LGM on the
 ground-truth renders instead (plain LGM training; what videomv-tiny uses, since its UNet is
@@ -40,8 +40,8 @@ def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
                                                 # dominates the CPU step at 64²)
                                                 render_size=32, use_lpips=False,
                                                 capacity_per_scene=262_144))
-        # LGM's own recipe (lr 4e-4, clip 1.0): at lr 1e-3 without clipping every opacity
-        # collapsed below the rasterizer's alpha cut-off within 25 steps (zero gradients)
+        # LGM's own recipe (lr 4e-4, clip 1.0): a larger unclipped step can push every opacity
+        # below the rasterizer's alpha cut-off, where no gradient reaches it again
         c.optim.update(learning_rate=4e-4, warmup_steps=100, decay_steps=1200,
                        final_lr_fraction=0.1, clip_grad_norm=1.0)
         c.train.update(num_steps=1200, checkpoint_every=250, log_every=25)

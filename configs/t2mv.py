@@ -1,4 +1,4 @@
-"""Text→multi-view sampling config (spec §3.3, §4, §5): ``get_config()`` → ``ConfigDict``.
+"""Text→multi-view sampling config (docs/design.md §3.3, §4, §5): ``get_config()`` → ``ConfigDict``.
 
 ``checkpoint_dir`` holds converted models (``tools/convert_torch_weights.py``) in the
 subdirectories named by ``subdirs``: ``unet`` (kind unet-t2v), ``vae``, ``clip_text`` (with a
@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def get_train_config(preset: str = "full") -> ml_collections.ConfigDict:
-    """Stage-1 text→MV fine-tuning (spec §7): eps loss on linear_sd, caption dropout 10 % to the
+    """Stage-1 text→MV fine-tuning (design §7): eps loss on linear_sd, caption dropout 10 % to the
     negative prompt, grey background, grad ×0.5 on the inherited spatial layers, AdamW 3e-5.
 
     ``full``: the released UNet (``models.unet.checkpoint``: a converted unet-t2v directory),

@@ -23,8 +23,8 @@ TINY_UNET = dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
 TINY_LGM = dict(input_size=64, splat_size=32, output_size=64, down_channels=(16, 32, 64),
                 down_attention=(False, False, True), up_channels=(64, 32),
                 up_attention=(True, False), attention_heads=4, norm_groups=8, layers_per_block=1,
-                # trained from scratch: unit quaternions and centres on the pixel rays (the
-                # released clamped centres got stuck out of view in the first tiny LGM)
+                # trained from scratch: unit quaternions and centres on the pixel rays (clamped
+                # absolute centres lose their gradient once past the box; docs/design.md §6.3)
                 quat_norm="per_gaussian", positions="ray")
 
 

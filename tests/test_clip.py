@@ -158,7 +158,8 @@ def test_text_parity_with_transformers(hf_text):
 
 
 def test_text_hf_plain_clip_text_model_naming(hf_text):
-    """transformers-5 ``CLIPTextModel`` keys have no ``text_model.`` prefix (the spec JSON)."""
+    """transformers-5 ``CLIPTextModel`` keys have no ``text_model.`` prefix (as in
+    ``tests/data/checkpoints/hf_clip_text_vit_h_14.json``)."""
     state = _np_state(hf_text)
     plain = {k[len("text_model."):]: v for k, v in state.items() if k.startswith("text_model.")}
     torch_plain = transformers.CLIPTextModel(hf_text.config).eval()

@@ -131,7 +131,8 @@ def _pattern(key: str) -> str:
 
 def _check_released_patterns(sd: dict, spec_name: str) -> None:
     """Every key written in a released naming matches a key pattern (indices → N) of the
-    released checkpoint with that rank (skipped when the spec file is absent)."""
+    released checkpoint with that rank (skipped when its table in tests/data/checkpoints is
+    absent)."""
     path = SPEC / f"{spec_name}.json"
     if not path.is_file():
         return

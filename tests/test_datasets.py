@@ -226,8 +226,8 @@ def test_shapes_builder_round_trip(shapes_ds):
 
 
 def test_shapes_next_to_setting_reaches_the_examples_and_the_folder_name():
-    """``next_to`` goes from ShapesConfig to the scenes (the left-to-right world of
-    videomv-tiny's fifth round), names its own data folder and is validated."""
+    """``next_to`` goes from ShapesConfig to the scenes (the left-to-right world),
+    names its own data folder and is validated."""
     cfg = builders.ShapesConfig(name="lr", resolution=16, max_objects=2, fit_radius=0.5,
                                 next_to="left_right")
     seed = next(s for s in range(100)
@@ -248,8 +248,8 @@ def test_shapes_next_to_setting_reaches_the_examples_and_the_folder_name():
 
 
 def test_shapes_max_size_ratio_reaches_the_examples_and_the_folder_name():
-    """``max_size_ratio`` goes from ShapesConfig to the scenes (videomv-tiny's sixth-round
-    world), names its own data folder and is validated."""
+    """``max_size_ratio`` goes from ShapesConfig to the scenes, names its own data folder
+    and is validated."""
     cfg = builders.ShapesConfig(name="sr", resolution=16, max_objects=2, fit_radius=0.5,
                                 next_to="left_right", max_size_ratio=1.25)
     seed = next(s for s in range(100) if random_scene(s, 2, 0.5, "left_right")

@@ -1,4 +1,5 @@
-"""Schedules against the spec's table; DDIM against a NumPy transcription of the released loop."""
+"""Schedules against the ᾱ table of docs/design.md §4.1; DDIM against a NumPy transcription of
+the released loop."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """LGM reconstructor: parity with an independent PyTorch reference, conversion, config, inputs.
 
 There is no installable PyTorch LGM, so this file holds a minimal PyTorch re-implementation of
-LGM's UNet written from the spec (videomv.md §6.2, porting-notes §E.3), with modules named like
+LGM's UNet written from the description in docs/design.md §6.2 and §10.2, with modules named like
 LGM's so its ``state_dict()`` has LGM's naming; the big config built on the meta device must
 reproduce ``tests/data/checkpoints/lgm_big.json`` key for key and shape for shape, which pins the
 structure (block layout, skip widths, shortcut placement) independently of our Flax model.

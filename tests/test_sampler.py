@@ -365,7 +365,8 @@ def test_image_conditions_and_plain_image_sampling(models):
     emb = jax.random.normal(keys[1], (1, 32))
     cond, uncond = image_conditions(jax.random.normal(keys[2], (1, 8, 32)),
                                     jax.random.normal(keys[3], (1, 8, 32)), z_img, emb)
-    assert not np.any(np.asarray(uncond["image_embedding"]))  # zero image embedding (spec §4)
+    # the unconditional branch has a zero image embedding (docs/design.md §4.4)
+    assert not np.any(np.asarray(uncond["image_embedding"]))
     np.testing.assert_array_equal(uncond["image_latent"], cond["image_latent"])
     cfg = SamplerConfig.image(num_steps=2, aware_steps=())
     assert (cfg.prediction, cfg.guidance_scale, cfg.background) == ("v", 6.0, 0.7)

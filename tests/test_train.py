@@ -769,7 +769,7 @@ def test_init_from_copies_matching_params_and_extends_input_channels(tmp_path):
 
 
 def test_deepen_text_encoder_keeps_the_output_and_trains_the_new_blocks(tmp_path):
-    """Growing a text tower (videomv-tiny's fifth round): the deepened tower gives the same
+    """Growing a text tower: the deepened tower gives the same
     tokens bit for bit, the blocks the old tower ran keep their weights, the newly active ones
     start with zero output projections and get a gradient in the first step; the CLI writes a
     loadable directory with the tokenizer and refuses a shallower target."""

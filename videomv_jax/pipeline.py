@@ -5,7 +5,7 @@
 steps, :mod:`videomv_jax.diffusion.sampler`) → VAE decode of all F views → a final LGM
 reconstruction from views ``aware_views`` (0/6/12/18) → Gaussians. Each stage is timed.
 
-Image input (spec §2.4–2.5, §8): the released VideoMV recentres RGBA inputs with
+Image input (docs/design.md §2.4–2.5, §8): the released VideoMV recentres RGBA inputs with
 ``utils/recenter_i2v.py`` (crop to the alpha bounding box, scale the longer side to 200 px,
 paste centred on a 256² white canvas); VGen's own inference then pastes on white and centre
 crops (a no-op on a square 256² canvas). We do the same (box and canvas scaled with

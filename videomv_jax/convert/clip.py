@@ -3,7 +3,7 @@
 Two source namings, four rule tables generated from the configs:
 
 * open_clip (VideoMV's ``open_clip_pytorch_model.bin``; one state dict holds both towers, see
-  ``spec/checkpoints/open_clip_vit_h_14.json``): :func:`rules_open_clip_text`,
+  ``tests/data/checkpoints/open_clip_vit_h_14.json``): :func:`rules_open_clip_text`,
   :func:`rules_open_clip_vision`. ``attn.in_proj_weight`` [3W, W] is already fused q|k|v;
   ``text_projection`` [W, out] and ``visual.proj`` [W, out] are used as ``x @ P`` and copied
   untransposed; ``logit_scale`` belongs to neither tower and is ignored.
@@ -127,10 +127,11 @@ def rules_hf_text(cfg: CLIPTextConfig, prefix: str = "",
                   ) -> tuple[list[Rule], list[str]]:
     """transformers text tower → :class:`CLIPTextModel`; apply to :func:`fuse_hf_qkv`'s output.
 
-    ``prefix``: ``""`` for transformers-5 ``CLIPTextModel`` (the spec JSON's naming),
-    ``"text_model."`` for ``CLIPTextModelWithProjection`` / ``CLIPModel`` (see
-    :func:`hf_text_prefix`). With ``cfg.projection_dim`` set, ``projection_key`` (a bias-free
-    Linear [out, W]) fills ``text_projection``; otherwise it is ignored.
+    ``prefix``: ``""`` for transformers-5 ``CLIPTextModel`` (the naming of
+    ``tests/data/checkpoints/hf_clip_text_vit_h_14.json``), ``"text_model."`` for
+    ``CLIPTextModelWithProjection`` / ``CLIPModel`` (see :func:`hf_text_prefix`). With
+    ``cfg.projection_dim`` set, ``projection_key`` (a bias-free Linear [out, W]) fills
+    ``text_projection``; otherwise it is ignored.
     """
     rules = [Rule(f"{prefix}embeddings.token_embedding.weight", ("token_embedding", "embedding")),
              Rule(f"{prefix}embeddings.position_embedding.weight", ("positional_embedding",))]

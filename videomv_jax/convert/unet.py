@@ -4,7 +4,8 @@ Two source layouts, both generated from the same :func:`~videomv_jax.models.unet
 so tiny and full-size configs share one table:
 
 * :func:`rules_vgen`: VideoMV / VGen ``.pth`` state dicts (``UNetSD_T2VBase`` /
-  ``UNetSD_I2VGen`` names, spec §9; every key of ``spec/checkpoints/videomv_{t2v,i2v}.json``).
+  ``UNetSD_I2VGen`` names, docs/design.md §9; every key of
+  ``tests/data/checkpoints/videomv_{t2v,i2v}.json``).
   Notable source quirks: the ResBlock's temporal conv is misspelt ``temopral_conv`` (Conv3d
   weights [C, C, 3, 1, 1]); the temporal transformers' ``proj_in`` / ``proj_out`` are Conv1d
   k=1 ([O, I, 1]) and the spatial ones Linear; the I2V local temporal encoder has one fused

@@ -5,8 +5,8 @@ Two builders (registered in TFDS as ``videomv_gobjaverse`` and ``videomv_shapes`
 * :class:`GObjaverse` reads the G-Objaverse render layout (:mod:`videomv_jax.data.gobjaverse`):
   ``root`` (or the TFDS manual dir), a captions JSON and an optional object list.
 * :class:`Shapes` renders the procedural scenes of :mod:`videomv_jax.data.shapes`: object ``i``
-  is ``random_scene(seed_offset + i)`` rendered at the **training** orbit of G-Objaverse (spec
-  §3.2): 24 views, 15 degrees of azimuth apart starting at azimuth 0, distance
+  is ``random_scene(seed_offset + i)`` rendered at the **training** orbit of G-Objaverse
+  (docs/design.md §3.2): 24 views, 15 degrees of azimuth apart starting at azimuth 0, distance
   :data:`SHAPES_DISTANCE` = 1.645 from the origin, elevation 15 degrees (the text→MV inference
   elevation, since the per-object G-Objaverse elevation is not documented), fovy 39.6 degrees.
   ``elevation_range`` draws a per-object elevation instead, deterministically from the seed.
@@ -78,7 +78,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SHAPES_DISTANCE: float = 1.645
-"""Camera distance of the G-Objaverse training orbit (spec §3.2), used by :class:`Shapes`."""
+"""Camera distance of the G-Objaverse training orbit (design §3.2), used by :class:`Shapes`."""
 
 SHAPES_ELEVATION_DEG: float = 15.0
 """Default elevation of the :class:`Shapes` orbit (degrees)."""

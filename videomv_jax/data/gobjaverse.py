@@ -1,4 +1,4 @@
-"""Reader for the G-Objaverse render layout used to train VideoMV (spec §3.2, §7.1).
+"""Reader for the G-Objaverse render layout used to train VideoMV (docs/design.md §3.2, §7.1).
 
 Layout::
 
@@ -12,8 +12,8 @@ appended by the input pipeline (:class:`videomv_jax.data.pipeline.InputConfig`).
 
 Cameras: ``[x | y | z | origin]`` is an OpenCV camera-to-world matrix in Blender's z-up world;
 VideoMV conditions the UNet on the OpenGL matrix ``[x | -y | -z | origin]``
-(:func:`camera_from_json`). The UNet embedding is its row-major flatten (spec §3.1) and LGM uses
-the poses normalised by :func:`videomv_jax.render.camera.normalize_poses` (spec §6.4).
+(:func:`camera_from_json`). The UNet embedding is its row-major flatten (design §3.1) and LGM uses
+the poses normalised by :func:`videomv_jax.render.camera.normalize_poses` (design §6.4).
 
 Views are returned **premultiplied** (RGB multiplied by alpha, uint8): compositing on any
 background is then ``rgb + bg * (1 - alpha)``, and because resizing is linear, resizing the
@@ -21,7 +21,7 @@ premultiplied image and compositing afterwards equals VideoMV's composite-then-r
 background, including the random per-step one of the reconstructor: up to uint8 rounding
 (1/255) away from the silhouette; on silhouette pixels the bicubic overshoot of alpha (about 7%
 of a hard edge) is clipped to [0, 1] when stored, a difference of up to ``0.07 * background``.
-Resizing uses PIL's bicubic filter (spec §3.4). Any square source size is accepted.
+Resizing uses PIL's bicubic filter (design §3.4). Any square source size is accepted.
 
 A broken object raises a subclass of :class:`BadExampleError` naming the offending path.
 """

@@ -86,13 +86,13 @@ BACKGROUNDS: tuple[str, ...] = ("grey", "white", "black", "random")
 """Background choices; "random" is a uniform RGB colour per example and step."""
 
 GREY: float = 128.0 / 255.0
-"""VideoMV's text→MV background, grey 128 (spec §3.4)."""
+"""VideoMV's text→MV background, grey 128 (docs/design.md §3.4)."""
 
 DEFAULT_NEGATIVE_PROMPT: str = (
     "Distorted, discontinuous, Ugly, blurry, low resolution, disfigured, "
     "disconnected limbs, Ugly faces, incomplete arms"
 )
-"""VideoMV's negative prompt (spec §4), used for the text→MV caption dropout."""
+"""VideoMV's negative prompt (design §4), used for the text→MV caption dropout."""
 
 _MODE_DEFAULTS = {
     # mode: (background, caption dropout, use caption, frame shift)
@@ -104,7 +104,7 @@ _MODE_DEFAULTS = {
 
 @dataclass(frozen=True)
 class InputConfig:
-    """Input pipeline settings. ``None`` fields take the mode's default (spec §3.4, §4, §7.1).
+    """Input pipeline settings. ``None`` fields take the mode's default (design §3.4, §4, §7.1).
 
     mode: "t2mv" | "i2mv" | "recon". batch_size: *global* batch size. resolution: output view
     size (None: the stored size; otherwise views are resized, PIL bicubic). hr_resolution: also

@@ -1,9 +1,9 @@
 """VideoMV sampling: DDIM + classifier-free guidance with 3D-aware steps, as one jitted scan.
 
-The whole denoising loop is a single ``lax.scan`` over the DDIM steps (spec §4, §5). Each step
-runs the video UNet on both guidance branches (unconditional first, conditional second). A
-boolean per step, scanned as data, selects one of two branches with ``lax.cond`` so plain steps
-never pay for the 3D work:
+The whole denoising loop is a single ``lax.scan`` over the DDIM steps (docs/design.md §4, §5).
+Each step runs the video UNet on both guidance branches (unconditional first, conditional
+second). A boolean per step, scanned as data, selects one of two branches with ``lax.cond`` so
+plain steps never pay for the 3D work:
 
 * **plain step** (released ``ddim_sample``): ``out = out_u + s·(out_c − out_u)``; x̂0 from
   ``out`` (eps or v); DDIM update.
@@ -15,7 +15,7 @@ never pay for the 3D work:
   nearest, ``x[::k, ::k]``) → [-1, 1] → VAE encode (posterior *sample*, as released; or the
   mean) → z_b. Then ``x0 := z_u + s·(z_c − z_u)`` replaces x̂0 entirely in the DDIM update.
 
-Cameras (spec §3, §6.4). One input, ``cameras_c2w_zup`` [F, 4, 4] (OpenGL camera-to-world in
+Cameras (design §3, §6.4). One input, ``cameras_c2w_zup`` [F, 4, 4] (OpenGL camera-to-world in
 VideoMV's z-up Blender world, e.g. :func:`videomv_jax.render.camera.orbit_cameras`), feeds
 everything: the UNet camera embedding is its row-major flatten; LGM's Plücker rays and the
 rasteriser use :func:`~videomv_jax.render.camera.normalize_poses` of it, the **training**
@@ -93,7 +93,7 @@ COND_KEYS = ("context", "image_latent", "image_embedding", "fps")
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """Sampling hyper-parameters (defaults: text→MV as released, spec §4/§5).
+    """Sampling hyper-parameters (defaults: text→MV as released, design §4/§5).
 
     ``aware_steps`` are DDIM loop indices (0 = the noisiest step); empty = plain sampling.
     ``aware_views`` are the frames given to LGM (its ``num_views``, 4). ``capacity_per_scene`` is
@@ -238,7 +238,7 @@ def text_conditions(context: jax.Array, negative_context: jax.Array) -> tuple[di
 
 def image_conditions(context: jax.Array, negative_context: jax.Array, image_latent: jax.Array,
                      image_embedding: jax.Array, fps: float = 8.0) -> tuple[dict, dict]:
-    """(cond, uncond) for image→MV (spec §4): cond = {text(""), CLIP image embedding, image
+    """(cond, uncond) for image→MV (design §4): cond = {text(""), CLIP image embedding, image
     latent}; uncond = {negative-prompt text, a **zero** image embedding (still passed through
     the UNet's context MLP), the same image latent}. fps (8) in both."""
     b = image_latent.shape[0]
@@ -291,7 +291,7 @@ def sampler_geometry(cameras_c2w_zup: jax.Array, config: SamplerConfig) -> Sampl
     """Cameras for the UNet, LGM and the rasteriser from one set of z-up OpenGL c2w [F, 4, 4].
 
     LGM and the rasteriser use the training pose normalisation (:func:`normalize_poses`: y-up
-    world, view 0 at (0, 0, r) with identity rotation); no extra inference flip (spec §6.4).
+    world, view 0 at (0, 0, r) with identity rotation); no extra inference flip (design §6.4).
     """
     c2w = jnp.asarray(cameras_c2w_zup, jnp.float32)
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
@@ -351,7 +351,7 @@ def downsample_images(images: jax.Array, size: int, mode: str = "nearest") -> ja
 def reconstruct_latents(vae: nnx.Module, lgm: nnx.Module, x0: jax.Array,
                         geometry: SamplerGeometry, config: SamplerConfig,
                         key: jax.Array | None) -> tuple[jax.Array, Gaussians, RasterInfo]:
-    """The 3D-aware replacement of x̂0 (spec §5 steps 3–9) for latents x0 [N, F, h, w, 4].
+    """The 3D-aware replacement of x̂0 (design §5.1 steps 3–9) for latents x0 [N, F, h, w, 4].
 
     Returns the re-encoded scaled latents [N, F, h, w, 4], LGM's Gaussians [N, G] and the
     rasteriser diagnostics. ``key`` drives the VAE posterior sample (``None``: the mean).

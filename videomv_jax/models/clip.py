@@ -1,6 +1,6 @@
 """OpenCLIP ViT-H-14 text and vision towers (Flax NNX), tokenizer and image preprocessing.
 
-VideoMV conditions its UNet on OpenCLIP ViT-H-14 (spec §2.5):
+VideoMV conditions its UNet on OpenCLIP ViT-H-14 (docs/design.md §2.5):
 
 * text: ``open_clip.tokenize`` (77 ids) → token + positional embedding → the first **23 of 24**
   residual blocks under a causal mask → ``ln_final`` → all 77 tokens [B, 77, 1024]
@@ -469,7 +469,7 @@ def _preprocess_one(image: np.ndarray, crop_size: int, size: int, antialias: boo
 
 def preprocess(images, *, crop_size: int = 256, size: int = 224, antialias: bool = True,
                background: float = 1.0) -> np.ndarray:
-    """VideoMV's CLIP image preprocessing (I2V, spec §2.5) → float32 [B, size, size, 3].
+    """VideoMV's CLIP image preprocessing (I2V, design §2.5) → float32 [B, size, size, 3].
 
     ``images``: uint8 (0..255) or float (0..1) RGB or RGBA, [H, W, C] or [B, H, W, C] or a list
     of differently sized [H, W, C]. Steps, as VideoMV's inference (VGen ``utils/transforms``):

@@ -1,7 +1,7 @@
 """LPIPS with a VGG16 trunk (Zhang et al. 2018, ``lpips`` v0.1, ``net='vgg'``) in Flax NNX.
 
-Used as the perceptual term of the LGM render loss (videomv.md §6.5 step 5) and as the primary
-LPIPS metric of the evaluation (evaluation.md). Computation, for two NHWC images in [-1, 1]:
+Used as the perceptual term of the LGM render loss (docs/design.md §6.5 step 6) and as the primary
+LPIPS metric of the evaluation (design §8.2). Computation, for two NHWC images in [-1, 1]:
 
 1. ScalingLayer: ``(x - shift) / scale`` with shift [-.030, -.088, -.188] and
    scale [.458, .448, .450] (the ImageNet statistics re-expressed for [-1, 1] inputs);

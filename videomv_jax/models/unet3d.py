@@ -8,7 +8,7 @@ One module family covers both released denoisers:
 * ``UNet3DConfig.image_full()``: I2VGen-XL / VGen ``UNetSD_I2VGen`` plus the camera MLP
   (1,422,130,664 parameters); the same block stack as diffusers' ``I2VGenXLUNet``.
 
-Layout (spec §2.3; VGen names, mirrored by the NNX attribute paths so the converter is
+Layout (docs/design.md §2.3; VGen names, mirrored by the NNX attribute paths so the converter is
 mechanical): ``input_blocks[0] = [conv_in, TemporalTransformer(8 heads)]``; then per level
 ``num_res_blocks`` blocks ``[ResBlock, SpatialTransformer, TemporalTransformer]`` (the two
 transformers only at levels with ``attn_levels[i]``) and a ``Downsample`` between levels;
@@ -18,7 +18,7 @@ concatenated with the popped skip, and an ``Upsample`` closing every level but t
 ``GroupNorm → SiLU → conv``. Every ResBlock ends in a 4-stage temporal convolution
 (VGen's misspelt ``temopral_conv``).
 
-Numerics that matter for parity with the PyTorch weights (porting-notes §B.3):
+Numerics that matter for parity with the PyTorch weights (design §10.1):
 
 * frames are folded into the batch as ``b * F + f`` for every 2-D op; the temporal conv and
   temporal transformer GroupNorms normalise the 5-D tensor (statistics pool over frames);
@@ -30,7 +30,7 @@ Numerics that matter for parity with the PyTorch weights (porting-notes §B.3):
   timesteps unscaled;
 * the temporal transformers have no positional encoding at all.
 
-The image variant (spec §2.4) adds: the *local image concat* branch (three 3×3 convs on the
+The image variant (design §2.4) adds: the *local image concat* branch (three 3×3 convs on the
 input-image latent followed by a frame-position mask, then a tiny transformer over frames at
 each pixel), whose result VideoMV adds **twice** (``concat_added_twice``; diffusers adds it
 once); 64 local-image context tokens (conv → exact adaptive average pool to 32×32 → two

@@ -168,8 +168,8 @@ QUAT_NORM_OPTIONS = (QUAT_NORM_PER_GAUSSIAN, QUAT_NORM_ACROSS_GAUSSIANS)
 
 POSITIONS_ABSOLUTE = "absolute"
 """LGM's position head (the released weights): ``means = clip(raw[0:3], -1, 1)``. A centre
-pushed past the box gets no gradient again; small models trained from scratch (videomv-tiny's
-first LGM) end up with almost every centre stuck on the box's faces, out of view."""
+pushed past the box gets no gradient again, so a small model trained from scratch can end up
+with its centres on the box's faces, out of view (see :data:`POSITIONS_RAY`)."""
 
 POSITIONS_RAY = "ray"
 """Pixel-aligned depth: every Gaussian lies on the ray of its splat pixel, ``means = p0 +

@@ -4,7 +4,8 @@ The released fine-tuning multiplies the gradients of 682 named parameters by ``g
 (0.5): the spatial UNet of the text-to-image base (``conv_in``, the ResBlocks' 2-D parts, the
 spatial transformers, down/up-sampling convs, the output head). Temporal layers, the time /
 camera / fps / context embeddings and the image-conditioning modules get the full gradient
-(spec §7.2). The list ships as ``train/data/grad_scale_keys.json`` (VGen state-dict names).
+(docs/design.md §7.2). The list ships as ``train/data/grad_scale_keys.json`` (VGen state-dict
+names).
 
 Our parameters are mapped to VGen names through the converter's own table
 (:func:`videomv_jax.convert.unet.rules_vgen`): a parameter is scaled iff its source name is

@@ -5,8 +5,9 @@ capacity instead of starting again.
 active start with zero output projections (attention ``out_proj`` and MLP ``c_proj``), so each
 is an exact identity (``x + 0``) until training moves them, like zero-initialised residual
 branches elsewhere (ControlNet's zero convolutions, the UNet's zero ``proj_out``).
-videomv-tiny's text model used it after the pair scenes showed that its one-block text context
-(two blocks, ``output_layer="penultimate"``) hardly tells which colour belongs to which shape.
+A use: a text tower whose context comes from a single block (two blocks with
+``output_layer="penultimate"``) can hardly bind colours to shapes in two-object captions;
+deepening it keeps what it learnt and adds capacity.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ __all__ = ["OptimConfig", "learning_rate_schedule", "make_optimizer"]
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW settings (defaults = VideoMV, spec §7.2: lr 3e-5, weight decay 0, betas
+    """AdamW settings (defaults = VideoMV, docs/design.md §7.2: lr 3e-5, weight decay 0, betas
     (0.9, 0.999), eps 1e-8, 10 linear warm-up steps, then cosine over ``decay_steps``
     (1,000,000 as released, so effectively constant); no gradient clipping)."""
 

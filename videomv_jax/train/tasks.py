@@ -7,11 +7,11 @@ inside the jitted step (:meth:`loss`). Batches follow :mod:`videomv_jax.data.pip
 [B, F, H, W, 1], ``camera`` [B, F, 16], ``c2w`` [B, F, 4, 4] (OpenGL, z-up), ``background``
 [B, 3] in [0, 1], ``caption`` (host list of str).
 
-Stage 1 (spec §4, §7): t ~ U{0..T-1}, x_t = √ᾱ x0 + √(1-ᾱ) ε, MSE between the UNet output and
-ε (text→MV) or v (image→MV, with offset noise ε + 0.1 ε' where ε' is shared over pixels). The
-image variant is conditioned on view 0 (its VAE latent and CLIP image embedding).
+Stage 1 (docs/design.md §4, §7): t ~ U{0..T-1}, x_t = √ᾱ x0 + √(1-ᾱ) ε, MSE between the UNet
+output and ε (text→MV) or v (image→MV, with offset noise ε + 0.1 ε' where ε' is shared over
+pixels). The image variant is conditioned on view 0 (its VAE latent and CLIP image embedding).
 
-Stage 2 (spec §6.5): the frozen UNet predicts x̂0 at a random t; 4 random views are decoded and
+Stage 2 (design §6.5): the frozen UNet predicts x̂0 at a random t; 4 random views are decoded and
 given to LGM; 8 views (those 4 + 4 others) are rendered on the batch's random background and
 compared with the ground truth: MSE(rgb) + MSE(alpha) + λ·LPIPS-VGG (when an LPIPS model is
 given). ``source="gt"`` trains LGM on the ground-truth views instead (plain LGM training).
@@ -113,7 +113,7 @@ class Stage1Task(Task):
     @classmethod
     def for_variant(cls, variant: str, **kwargs: Any) -> Stage1Task:
         """Released settings: text → eps, linear_sd, no offset noise; image → v, cosine with
-        zero terminal SNR, offset noise 0.1 (spec §4)."""
+        zero terminal SNR, offset noise 0.1 (design §4)."""
         if variant == "text":
             base = dict(prediction="eps", schedule="linear_sd", offset_noise=0.0)
         elif variant == "image":
@@ -325,7 +325,7 @@ class ReconTask(Task):
         bg = batch["background"][:, None, :]
         out = rasterize(gaussians, viewmats, ks, size, size, background=bg,
                         settings=self.raster_settings, capacity=capacity)
-        # ground truth: the high-resolution renders when the batch has them (spec §6.5: 512²)
+        # ground truth: the high-resolution renders when the batch has them (design §6.5: 512²)
         gt_frames = batch.get("frames_hr", frames)
         gt_rgb = take(gt_frames * 0.5 + 0.5, sup_idx)
         gt_alpha = take(batch.get("alpha_hr", batch["alpha"]), sup_idx)[..., 0]

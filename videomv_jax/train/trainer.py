@@ -68,8 +68,8 @@ class TrainConfig:
     ``checkpoint_every`` 0 disables periodic saves (the final and SIGTERM saves remain).
     ``ema_decay``: keep an exponential moving average of the parameters; with ``ema_warmup``
     the decay at step ``k`` is ``min(ema_decay, (1 + k) / (10 + k))``, so that the average
-    forgets the random initialisation early (plain 0.999 still holds 16 % of it after 1,800
-    steps, which made videomv-tiny's early EMA weights useless)."""
+    forgets the random initialisation early (a plain 0.999 still holds 16 % of it after 1,800
+    steps, too much for a short run from scratch)."""
 
     workdir: str
     num_steps: int
