@@ -506,9 +506,14 @@ def load_converted(
     restored = None
     saved = _stored_shapes(d / PARAMS_DIR)
     if saved is not None:
-        _compare_layout(saved, target_flat, *layout_args)
-        if mesh is None:
-            restored = _read_single_device(d / PARAMS_DIR, target_flat)
+        try:
+            _compare_layout(saved, target_flat, *layout_args)
+        except ConvertedCheckpointError:
+            # ``write_shape`` is the shape of one shard for an array saved sharded (an export of
+            # a multi-device / multi-process run): orbax's own metadata has the global shapes
+            saved = None
+    if saved is not None and mesh is None:
+        restored = _read_single_device(d / PARAMS_DIR, target_flat)
     if restored is None:
         import orbax.checkpoint as ocp
 
@@ -533,7 +538,8 @@ def load_converted(
 
 def _stored_shapes(params_dir: FsPath) -> dict[tuple[str, ...], Any] | None:
     """``{path: ShapeDtypeStruct}`` (shapes only) from the checkpoint's ``_METADATA`` JSON
-    (orbax's tree metadata: key paths and written shapes), read directly: orbax's
+    (orbax's tree metadata: key paths and written shapes, which are the global shapes only for
+    arrays saved unsharded, as converted checkpoints are), read directly: orbax's
     ``metadata()`` opens every array (~0.5 s for the tiny UNet's 712 arrays on 2 cores).
     ``None`` when the file is not in the layout this reads (then orbax is asked)."""
     try:
