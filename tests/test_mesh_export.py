@@ -168,6 +168,7 @@ def _geometry_scores(vertices, faces, scene: shapes.Scene = SCENE
                                                                               1)))
 
 
+@pytest.mark.xdist_group("mesh_fitted")  # one fit of the module fixture
 def test_fitted_scene_mesh_matches_the_analytic_surface(fitted):
     mesh = fitted["mesh"]
     acc, comp, normals = _geometry_scores(mesh.vertices, mesh.faces)
@@ -187,6 +188,7 @@ def test_fitted_scene_mesh_matches_the_analytic_surface(fitted):
     assert min(ball_acc, ball_comp) > 2 / 3 * PIXEL and ball_normals < 0.85
 
 
+@pytest.mark.xdist_group("mesh_fitted")  # one fit of the module fixture
 def test_fitted_scene_textured_mesh_renders_held_out_views(fitted):
     mesh, views = fitted["mesh"], fitted["held_views"]
     assert mesh.texture is not None and mesh.texture.shape == (256, 256, 3)
@@ -283,6 +285,7 @@ def test_fitted_cylinder_cone_torus_mesh_matches_the_analytic_surfaces(tmp_path)
     assert hull_acc > 2 / 3 * PIXEL and hull_comp > 2 / 3 * PIXEL and hull_normals < 0.78
 
 
+@pytest.mark.xdist_group("mesh_fitted")  # one fit of the module fixture
 def test_files_hold_the_mesh_in_the_gaussians_frame(fitted):
     import trimesh
     from PIL import Image
@@ -303,6 +306,7 @@ def test_files_hold_the_mesh_in_the_gaussians_frame(fitted):
     np.testing.assert_allclose(png, mesh.texture, atol=1 / 255 + 1e-6)
 
 
+@pytest.mark.xdist_group("mesh_fitted")  # one fit of the module fixture
 def test_cli_meshes_a_ply_with_vertex_colours(fitted, tmp_path, capsys):
     ply = tmp_path / "asset.ply"
     save_ply(ply, fitted["gaussians"])
