@@ -113,10 +113,21 @@ def test_text_to_mv_end_to_end(sample, ckpt, tmp_path, capsys):
         np.testing.assert_allclose(rec["cameras"]["c2w_opengl_zup"], orbit_cameras(24, 15.0, 2.0),
                                    atol=1e-5)  # the cameras actually used
         assert rec["cameras"]["orbit"] == {"elevation_deg": 15.0, "distance": 2.0}
-    # the same seed reproduces the same views; the two prompts differ
-    a = np.asarray(Image.open(out / dirs[0] / "grid.png"))
-    b = np.asarray(Image.open(out / dirs[1] / "grid.png"))
-    assert not np.array_equal(a, b)
+    # the same command reproduces the same views, bit for bit (compiled once: a rerun is fast)
+    again = tmp_path / "again"
+    assert sample.main([*argv[:argv.index("--out")], "--out", str(again),
+                        *argv[argv.index("--out") + 2:]]) == 0
+    for name in dirs:
+        for f in ("grid.png", "gaussians.ply"):
+            assert (again / name / f).read_bytes() == (out / name / f).read_bytes(), (name, f)
+    # under the same seed (3), another prompt gives other views: the prompt conditions them
+    other = tmp_path / "other"
+    assert sample.main(["--prompt", "hello world", "--checkpoint-dir", str(ckpt), "--out",
+                        str(other), "--seed", "3", *TINY]) == 0
+    a = np.asarray(Image.open(out / "000_a_red_chair" / "grid.png"), np.float32)
+    b = np.asarray(Image.open(other / "000_hello_world" / "grid.png"), np.float32)
+    assert np.abs(a - b).mean() > 0.5, np.abs(a - b).mean()
+    capsys.readouterr()
 
 
 def _pose_file(tmp_path, data, name="poses.json"):
