@@ -343,6 +343,9 @@ class Trainer:
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=cfg.keep_checkpoints, create=True,
                 enable_async_checkpointing=cfg.async_checkpointing)
+            # its constructor syncs the processes with a short-timeout collective: a process
+            # still loading would make the others time out, so arrive together first
+            barrier("checkpoint_manager")
             self._manager = ocp.CheckpointManager(self.checkpoint_dir, options=options)
         return self._manager
 
