@@ -211,7 +211,7 @@ def app_url(tmp_path_factory):
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "-m", "videomv_jax.app", "--host", "127.0.0.1", "--port", str(port),
-           "--modes", "t2mv", "--steps", str(STEPS), "--output-root", str(work / "out")]
+           "--modes", "t2mv,i2mv", "--steps", str(STEPS), "--output-root", str(work / "out")]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
