@@ -79,7 +79,7 @@ def test_requests_are_checked_as_the_cli_does(configs_only, tmp_path):
             prepare_request(m, request)
         assert text in str(err.value), (request, str(err.value))
     # the upload's temporary path is not shown to the user
-    with pytest.raises(AppInputError, match="the uploaded image has mode 'L'"):
+    with pytest.raises(AppInputError, match="^the uploaded image has mode 'L'"):
         prepare_request(m, DemoRequest(image=str(grey)))
 
 
@@ -402,7 +402,7 @@ def test_bad_input_shows_its_error_in_the_page(app_url, browser):
     page.locator("#image input[type=file]").set_input_files(str(blank))
     page.locator("#image img").first.wait_for()  # uploaded (the preview is shown)
     page.locator("#generate").click()
-    info.get_by_text("is blank (all white)").wait_for()
+    info.get_by_text("the uploaded image is blank (all white)").wait_for()
     assert "/tmp" not in info.inner_text()  # the upload's temporary path is not shown
     page.screenshot(path=str(ARTIFACTS / "4_bad_upload.png"), full_page=True)
     assert page.locator("#views img").count() == 0  # nothing ran

@@ -335,6 +335,14 @@ def _as_float(value: Any, name: str, lo: float, hi: float) -> float:
     return f
 
 
+def _uploaded(message: str, path: str) -> str:
+    """A pipeline message about ``path`` worded for the page: the upload's temporary path is
+    not the user's file name ("image '/tmp/…/x.png' is blank" → "the uploaded image is …")."""
+    quoted = repr(str(path))
+    return message.replace(f"image {quoted}", "the uploaded image").replace(
+        quoted, "the uploaded image")
+
+
 def prepare_request(model: DemoModel, request: DemoRequest
                     ) -> tuple[str, Any, list[str], np.ndarray | None]:
     """Check ``request`` before any model runs, as ``sample.py`` does: returns ``(mode, config,
@@ -389,10 +397,8 @@ def prepare_request(model: DemoModel, request: DemoRequest
             try:
                 rgb = load_image(image, res, box, bool(cfg.recenter))
             except PipelineError as err:
-                raise AppInputError(str(err).replace(repr(str(image)), "the uploaded image")
-                                    ) from err
-        notes += [str(w.message).replace(repr(str(image)), "the uploaded image")
-                  for w in caught]
+                raise AppInputError(_uploaded(str(err), image)) from err
+        notes += [_uploaded(str(w.message), image) for w in caught]
     return mode, cfg, notes, rgb
 
 
