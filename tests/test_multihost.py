@@ -255,7 +255,7 @@ def test_sample_the_multiprocess_export_with_two_processes_equals_one(world, t2m
         ply = [(runs[n] / name / "gaussians.ply").read_bytes() for n in (1, 2)]
         assert len(ply[0]) == len(ply[1]) > 1000
     # the two prompts are different samples (the shares were not swapped or duplicated)
-    v0, v1 = (np.asarray(Image.open(runs[2] / e[1] / "views" / "000.png"), np.float32)
+    v0, v1 = (np.asarray(Image.open(runs[2] / e["dir"] / "views" / "000.png"), np.float32)
               for e in index[2]["samples"])
     assert np.abs(v0 - v1).mean() > 1.0
 
