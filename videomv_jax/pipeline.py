@@ -503,10 +503,12 @@ class MultiViewPipeline:
         jax.block_until_ready(x)
         timings["sampling_s"] = time.perf_counter() - t0
         # an overflow poisons (NaN) the latents of the scenes that shared the rasteriser's
-        # buffer; report it for those samples
+        # buffer: report it for those samples (for all when none can be told apart)
         overflow = np.zeros(len(seeds), bool)
         if bool(aux.get("overflow", False)):
             overflow = ~np.all(np.isfinite(np.asarray(x)), axis=(1, 2, 3, 4))
+            if not overflow.any():
+                overflow[:] = True
 
         t0 = time.perf_counter()
         views = self._decode_views(x)
