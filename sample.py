@@ -78,6 +78,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    f"i; 0 … {cli.MAX_SEED}; default: the config's, 11)")
     g.add_argument("--poses", help="JSON file: F 4x4 OpenGL camera-to-world matrices (z-up "
                    "world) or {\"elevation\": deg, \"distance\": d}")
+    d = p.add_argument_group(
+        "devices (batched sampling; config parallel.*)",
+        "The prompts / images of a process are sampled data x batch-per-device at a time, the "
+        "batch split over the devices (data = devices / (fsdp x tensor)); each sample keeps "
+        "its seed and equals a one-at-a-time run. Several processes (JAX_PROCESS_ID / "
+        "JAX_NUM_PROCESSES, SLURM, MPI) each take a share of the inputs.")
+    d.add_argument("--devices", type=int, help="local devices to use (default 0 = all)")
+    d.add_argument("--batch-per-device", type=int,
+                   help="samples per device in one batch (default 1; more uses more memory)")
+    d.add_argument("--fsdp", type=int, help="split the models' parameters over this many "
+                   "devices (FSDP; for models too big for one device; default 1)")
+    d.add_argument("--tensor", type=int, help="split the models' layers over this many "
+                   "devices (tensor parallel; default 1)")
     r = p.add_argument_group("render-only (no --prompt / --image)")
     r.add_argument("--ply", help="Gaussian asset to render (default: a procedural demo)")
     r.add_argument("--views", type=int, default=camera.NUM_VIEWS, help="number of orbit views")
@@ -173,6 +186,15 @@ def build_config(args: argparse.Namespace, mode: str):
         cfg.elevation = args.elevation
     if args.distance is not None:
         cfg.distance = args.distance
+    for name in ("devices", "batch_per_device", "fsdp", "tensor"):
+        if getattr(args, name, None) is not None:
+            cfg.parallel[name] = getattr(args, name)
+    from videomv_jax.pipeline import PipelineError, parallel_layout
+    try:  # the batch / mesh fit the local devices: one clear error before any model loads
+        parallel_layout(cfg.parallel, jax.local_device_count(), jax.local_devices()[0].platform)
+    except PipelineError as err:
+        raise UsageError(f"{err} (command line: --devices, --batch-per-device, --fsdp, "
+                         f"--tensor)") from err
     from videomv_jax.diffusion.sampler import SamplerConfig
 
     try:
@@ -359,10 +381,12 @@ def generate(args: argparse.Namespace) -> int:
             "asset_frame": "gaussians.ply is in the views' world: z up, OpenGL cameras "
                            "cameras.c2w_opengl_zup (turntable.mp4 renders it there)",
             "timings": timings,
-            "timings_note": "the first sample's timings include JIT compilation",
+            "timings_note": "the first batch's timings include JIT compilation; stage times "
+                            "are those of the batch (see batch) the sample was sampled in",
             "rasterizer_overflow": r.overflow,
             "num_gaussians": int(r.gaussians.num_gaussians),
-            "device": str(jax.devices()[0]),
+            "device": str(jax.local_devices()[0]),
+            "batch": r.batch,
             "outputs": outputs,
         }
         with open(os.path.join(d, "run.json"), "w") as f:

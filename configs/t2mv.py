@@ -47,6 +47,12 @@ def base_config(mode: str, sampler: SamplerConfig) -> ml_collections.ConfigDict:
                                               write_ply=True, asset_turntable=True))
     # As released, also sample plain DDIM (no 3D-aware step) from the same noise.
     c.also_plain = False
+    # Sampling on several devices (MultiViewPipeline): the inputs of one process run in
+    # batches of data × batch_per_device samples, split over the mesh's data axis; devices: how
+    # many local devices (0 = all); fsdp / tensor > 1 also split the models' parameters (models
+    # too big for one device): data = devices / (fsdp × tensor).
+    c.parallel = ml_collections.ConfigDict(dict(devices=0, batch_per_device=1, fsdp=1,
+                                                tensor=1))
     return c
 
 

@@ -5,6 +5,14 @@
 steps, :mod:`videomv_jax.diffusion.sampler`) → VAE decode of all F views → a final LGM
 reconstruction from views ``aware_views`` (0/6/12/18) → Gaussians. Each stage is timed.
 
+Batches and devices (``config.parallel``): inputs are sampled ``batch_size = data ×
+batch_per_device`` at a time, the batch split over the ``data`` axis of a mesh of the local
+devices (:mod:`videomv_jax.parallel.mesh`), the parameters replicated, or split over ``fsdp`` /
+``tensor`` for models too big for one device. Every sample keeps its seed (``seed + index``)
+and draws its noise from its own keys, so its result equals the one-at-a-time, one-device
+result (up to float32 reassociation); a last partial batch is padded with copies of its last
+input (never returned), so every batch runs the same executable.
+
 Image input (docs/design.md §2.4–2.5, §8): the released VideoMV recentres RGBA inputs with
 ``utils/recenter_i2v.py`` (crop to the alpha bounding box, scale the longer side to 200 px,
 paste centred on a 256² white canvas); VGen's own inference then pastes on white and centre
@@ -44,7 +52,7 @@ from videomv_jax.render.gaussians import Gaussians, transform_gaussians
 from videomv_jax.render.rasterize import get_settings, rasterize
 
 __all__ = ["MODES", "MultiViewPipeline", "PipelineError", "SampleResult", "load_image",
-           "load_poses", "recenter"]
+           "load_poses", "parallel_layout", "recenter"]
 
 MODES = {"t2mv": "unet-t2v", "i2mv": "unet-i2v"}
 """Pipeline mode → the UNet kind its ``unet`` subdirectory must hold."""
@@ -77,6 +85,10 @@ class SampleResult:
     """[F, 4, 4] z-up OpenGL camera-to-world matrices of the views (what was sampled with)."""
     lgm_gaussians: Gaussians | None = None
     """The same reconstruction in LGM's normalised y-up frame (where the sampler renders it)."""
+    batch: dict[str, Any] | None = None
+    """The batch it was sampled in: ``index`` (of the batch), ``size`` (samples per batch,
+    padding included), ``samples`` (real ones), ``devices``, ``mesh`` (axis sizes). ``timings``
+    are that batch's stage times (all its samples together)."""
 
 
 # ---- inputs -------------------------------------------------------------------------------------
@@ -212,6 +224,43 @@ def load_poses(path: str | os.PathLike, num_frames: int) -> np.ndarray | dict[st
     return poses
 
 
+# ---- devices ------------------------------------------------------------------------------------
+
+
+def parallel_layout(options: Any, local_devices: int, platform: str = "cpu",
+                    count_only: bool = False) -> tuple[tuple[int, int, int], int]:
+    """``((data, fsdp, tensor), batch_size)`` for ``config.parallel`` (``devices``: how many
+    of the ``local_devices`` to use, 0 = all; ``batch_per_device``; ``fsdp``; ``tensor``):
+    ``data = devices / (fsdp × tensor)``, ``batch_size = data × batch_per_device``. Raises
+    :class:`PipelineError` naming the option and the fix when they do not fit the devices
+    (checked before any model is loaded or compiled). ``count_only``: check the values only
+    (batch_size is then the per-device batch)."""
+    opts = {k: _cfg_get(options, k, d) for k, d in
+            (("devices", 0), ("batch_per_device", 1), ("fsdp", 1), ("tensor", 1))}
+    for k, v in opts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or \
+                (v == 0 and k != "devices"):
+            raise PipelineError(f"parallel.{k} must be a positive int"
+                                f"{' (0 = all local devices)' if k == 'devices' else ''}, "
+                                f"got {v!r}")
+    per_device = int(opts["batch_per_device"])
+    if count_only:
+        return (1, 1, 1), per_device
+    n = int(opts["devices"]) or local_devices
+    if n > local_devices:
+        raise PipelineError(f"parallel.devices={n} but this process has only {local_devices} "
+                            f"local {platform} device(s); use at most {local_devices} (0 = all)")
+    model = int(opts["fsdp"]) * int(opts["tensor"])
+    if n % model:
+        raise PipelineError(
+            f"parallel.fsdp × parallel.tensor = {opts['fsdp']} × {opts['tensor']} = {model} does "
+            f"not divide the {n} devices used: the mesh is data × fsdp × tensor = devices, so "
+            f"choose fsdp × tensor among the divisors of {n} (or set parallel.devices to a "
+            f"multiple of {model})")
+    data = n // model
+    return (data, int(opts["fsdp"]), int(opts["tensor"])), data * per_device
+
+
 # ---- pipeline -----------------------------------------------------------------------------------
 
 
@@ -228,7 +277,12 @@ class MultiViewPipeline:
     Build it with :meth:`from_checkpoints`; call :meth:`text_to_mv` or :meth:`image_to_mv`."""
 
     def __init__(self, models: Mapping[str, nnx.Module], tokenizer: Any, config: Any,
-                 sources: Mapping[str, Any] | None = None, checkpoint_dir: str = ""):
+                 sources: Mapping[str, Any] | None = None, checkpoint_dir: str = "",
+                 mesh: Any = None, rules: Any = None):
+        """``mesh``: a ``("data", "fsdp", "tensor")`` mesh to sample on (default: built from
+        ``config.parallel`` over the local devices); ``rules``: the logical → mesh axis table
+        for the parameters (default :data:`~videomv_jax.parallel.mesh.DEFAULT_RULES`, the
+        training table). The models are placed on the mesh (in place)."""
         self.models = dict(models)
         self.tokenizer = tokenizer
         self.config = config
@@ -236,6 +290,7 @@ class MultiViewPipeline:
         self.sources = dict(sources or {})
         self.checkpoint_dir = checkpoint_dir
         self._check_consistency()
+        self.mesh, self.batch_size = self._setup_parallel(mesh, rules)
         self._samplers: dict[SamplerConfig, Any] = {}  # compiled once per sampling config
         self.max_samplers = 4
         self.step_callback: Any = None
@@ -246,11 +301,46 @@ class MultiViewPipeline:
         """DDIM steps between ``step_callback`` calls (None: the sampler's default, at most 10
         calls per sample; 1: after every step, same executable)."""
         self._decode = nnx.jit(lambda vae, z: jnp.clip(vae.decode_frames(z) * 0.5 + 0.5, 0.0,
-                                                       1.0)[0])
+                                                       1.0))
         self._reconstruct = None  # (sampler config, jitted views -> Gaussians)
         self._text = nnx.jit(lambda m, t: m(t))
         self._embed_image = nnx.jit(lambda m, x: m(x))
-        self._encode_image = nnx.jit(lambda m, x, k: m.encode_frames(x, k))
+        self._encode_image = nnx.jit(lambda m, x, eps: m.encode_frames(x, noise=eps))
+
+    # -- devices ----------------------------------------------------------------------------------
+
+    def _setup_parallel(self, mesh: Any, rules: Any) -> tuple[Any, int]:
+        """(mesh or None for one device, batch size); checks ``config.parallel`` and places
+        the models. Every check runs before anything is compiled."""
+        from videomv_jax.parallel.mesh import MESH_AXES, make_mesh, shard_model
+
+        par = _cfg_get(self.config, "parallel", None) or {}
+        if mesh is None:
+            local = jax.local_devices()
+            (data, fsdp, tensor), batch = parallel_layout(par, len(local), local[0].platform)
+            if data * fsdp * tensor == 1:
+                return None, batch
+            mesh = make_mesh(data, fsdp, tensor, devices=local[:data * fsdp * tensor])
+        else:
+            if tuple(mesh.axis_names) != MESH_AXES:
+                raise PipelineError(f"mesh axes must be {MESH_AXES} (videomv_jax.parallel."
+                                    f"make_mesh), got {tuple(mesh.axis_names)}")
+            _, per_device = parallel_layout(par, int(mesh.size), "mesh", count_only=True)
+            batch = int(mesh.shape["data"]) * per_device
+        for model in self.models.values():
+            shard_model(model, mesh, rules)
+        return mesh, batch
+
+    @property
+    def num_devices(self) -> int:
+        """Devices sampled on (1 without a mesh)."""
+        return 1 if self.mesh is None else int(self.mesh.size)
+
+    def _batch_info(self, index: int, samples: int) -> dict[str, Any]:
+        mesh = {"data": 1, "fsdp": 1, "tensor": 1} if self.mesh is None else \
+            {k: int(v) for k, v in dict(self.mesh.shape).items()}
+        return {"index": index, "size": self.batch_size, "samples": samples,
+                "devices": self.num_devices, "mesh": mesh}
 
     # -- construction -----------------------------------------------------------------------------
 
@@ -357,13 +447,13 @@ class MultiViewPipeline:
                 rows.append(tokenize(self.tokenizer, [prompt], tcfg.context_length))
         return self._text(self.models["clip_text"], jnp.asarray(np.concatenate(rows)))
 
-    def _decode_views(self, latents: jax.Array) -> np.ndarray:
-        """[1, F, h, w, C] latents → float [F, H, W, 3] in [0, 1] (one executable)."""
-        return np.asarray(jax.block_until_ready(self._decode(self.models["vae"], latents)))
+    def _decode_views(self, latents: jax.Array) -> jax.Array:
+        """[B, F, h, w, C] latents → float [B, F, H, W, 3] in [0, 1] (one executable)."""
+        return jax.block_until_ready(self._decode(self.models["vae"], latents))
 
-    def _final_gaussians(self, views: np.ndarray, cams: np.ndarray, scfg: SamplerConfig
+    def _final_gaussians(self, views: jax.Array, cams: np.ndarray, scfg: SamplerConfig
                          ) -> Gaussians:
-        """LGM's reconstruction from the aware views of ``views`` [F, H, W, 3]: camera
+        """LGM's reconstruction [B, G] from the aware views of ``views`` [B, F, H, W, 3]: camera
         geometry, resize, LGM inputs and LGM in one executable (compiled once per sampler
         config and shapes; not a chain of small eager ones)."""
         if self._reconstruct is None or self._reconstruct[0] != scfg:
@@ -371,37 +461,54 @@ class MultiViewPipeline:
             aware = list(scfg.aware_views)
 
             def reconstruct(lgm, frames, cameras):
-                rgb = frames[jnp.asarray(aware)][None]
+                rgb = frames[:, jnp.asarray(aware)]
                 if rgb.shape[2:4] != (size, size):
                     rgb = jax.image.resize(rgb, (*rgb.shape[:2], size, size, 3), "linear")
                 return lgm.gaussians(lgm_inputs(rgb, sampler_geometry(cameras, scfg), scfg))
 
             self._reconstruct = (scfg, nnx.jit(reconstruct))
-        g = self._reconstruct[1](self.models["lgm"], jnp.asarray(views), jnp.asarray(cams))
-        return jax.tree.map(lambda a: np.asarray(a[0]), jax.block_until_ready(g))
+        g = self._reconstruct[1](self.models["lgm"], views, jnp.asarray(cams))
+        return jax.tree.map(np.asarray, jax.block_until_ready(g))
 
-    def _generate(self, cond: dict, uncond: dict, cams: np.ndarray, seed: int,
+    def _keys(self, seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+        """Per-sample (noise keys, sampler keys), each [B]: sample b's are
+        ``jax.random.split(jax.random.key(seeds[b]))``, as a one-sample run derives them."""
+        pairs = [jax.random.split(jax.random.key(int(s))) for s in seeds]
+        return jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
+
+    def _generate(self, cond: dict, uncond: dict, cams: np.ndarray, seeds: Sequence[int],
                   timings: dict[str, float]
-                  ) -> tuple[np.ndarray, Gaussians, bool, np.ndarray | None]:
+                  ) -> tuple[np.ndarray, Gaussians, np.ndarray, np.ndarray | None]:
+        """Sample one batch (conditions [B, ...], ``seeds`` [B]) → views [B, F, H, W, 3],
+        LGM-frame Gaussians [B, G], per-sample overflow flags [B], plain views or None."""
         c, scfg = self.config, self.sampler_config()
         sampler = self._samplers.get(scfg)
         if sampler is None:
             while len(self._samplers) >= max(1, self.max_samplers):  # drop the oldest
                 self._samplers.pop(next(iter(self._samplers)))
             sampler = self._samplers[scfg] = make_sampler(
-                self.models["unet"], self.models["vae"], self.models["lgm"], scfg)
+                self.models["unet"], self.models["vae"], self.models["lgm"], scfg, self.mesh)
         sampler.step_callback = self.step_callback
         if self.steps_per_call is not None:
             sampler.steps_per_call = int(self.steps_per_call)
         vae = self.models["vae"]
         h = c.resolution // vae.config.downsample_factor
-        key_noise, key_sample = jax.random.split(jax.random.key(seed))
-        noise = jax.random.normal(key_noise, (1, c.num_frames, h, h, vae.config.embed_dim))
+        key_noise, key_sample = self._keys(seeds)
+        # each sample's noise from its own key, shaped as a one-sample run draws it
+        noise = jnp.concatenate([jax.random.normal(k, (1, c.num_frames, h, h,
+                                                       vae.config.embed_dim))
+                                 for k in key_noise])
         t0 = time.perf_counter()
         x, aux = sampler(noise, cond, uncond, jnp.asarray(cams), key_sample)
         jax.block_until_ready(x)
         timings["sampling_s"] = time.perf_counter() - t0
-        overflow = bool(aux.get("overflow", False))
+        # an overflow poisons (NaN) the latents of the scenes that shared the rasteriser's
+        # buffer: report it for those samples (for all when none can be told apart)
+        overflow = np.zeros(len(seeds), bool)
+        if bool(aux.get("overflow", False)):
+            overflow = ~np.all(np.isfinite(np.asarray(x)), axis=(1, 2, 3, 4))
+            if not overflow.any():
+                overflow[:] = True
 
         t0 = time.perf_counter()
         views = self._decode_views(x)
@@ -412,13 +519,36 @@ class MultiViewPipeline:
             t0 = time.perf_counter()
             x_plain, _ = sampler(noise, cond, uncond, jnp.asarray(cams), key_sample,
                                  aware_mask=np.zeros(scfg.num_steps, bool))
-            plain = self._decode_views(x_plain)
+            plain = np.asarray(self._decode_views(x_plain))
             timings["plain_sampling_and_decode_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         gaussians = self._final_gaussians(views, cams, scfg)
         timings["lgm_s"] = time.perf_counter() - t0
-        return views, gaussians, overflow, plain
+        return np.asarray(views), gaussians, overflow, plain
+
+    def _batches(self, items: Sequence[Any], seed: int, cams: np.ndarray, conditions: Any
+                 ) -> list[SampleResult]:
+        """Sample ``items`` ``batch_size`` at a time (the last batch padded with copies of its
+        last item, dropped from the results). ``conditions(batch_items, seeds, timings)`` →
+        ``(cond, uncond, names)`` for a full batch."""
+        results = []
+        for k, start in enumerate(range(0, len(items), self.batch_size)):
+            real = list(items[start:start + self.batch_size])
+            pad = self.batch_size - len(real)
+            seeds = [seed + start + j for j in range(len(real))]
+            seeds += [seeds[-1]] * pad
+            timings: dict[str, float] = {}
+            cond, uncond, names = conditions(real + [real[-1]] * pad, seeds, timings)
+            views, g, over, plain = self._generate(cond, uncond, cams, seeds, timings)
+            info = self._batch_info(k, len(real))
+            for j in range(len(real)):
+                g_j = jax.tree.map(lambda a, j=j: a[j], g)
+                results.append(SampleResult(
+                    views[j], self.to_world(g_j, cams), dict(timings), bool(over[j]),
+                    seeds[j], names[j], None if plain is None else plain[j], np.asarray(cams),
+                    g_j, dict(info)))
+        return results
 
     def to_world(self, gaussians: Gaussians, cams: np.ndarray) -> Gaussians:
         """LGM-frame Gaussians → the z-up world of ``cams`` (see :func:`lgm_frame_to_world`)."""
@@ -449,18 +579,17 @@ class MultiViewPipeline:
         seed = c.seed if seed is None else seed
         cams = self.cameras(poses)
         neg = c.negative_prompt if negative_prompt is None else negative_prompt
-        results = []
-        for i, prompt in enumerate(prompts):
-            timings: dict[str, float] = {}
+
+        def conditions(batch, seeds, timings):
             t0 = time.perf_counter()
-            ctx = self.encode_text([prompt + c.prompt_suffix, neg])
+            ctx = self.encode_text([p + c.prompt_suffix for p in batch] + [neg])
             ctx = jax.block_until_ready(ctx)
             timings["text_encode_s"] = time.perf_counter() - t0
-            cond, uncond = text_conditions(ctx[:1], ctx[1:])
-            views, g, over, plain = self._generate(cond, uncond, cams, seed + i, timings)
-            results.append(SampleResult(views, self.to_world(g, cams), timings, over, seed + i,
-                                        prompt, plain, np.asarray(cams), g))
-        return results
+            b = len(batch)
+            cond, uncond = text_conditions(ctx[:b], jnp.broadcast_to(ctx[b:], ctx[:b].shape))
+            return cond, uncond, list(batch)
+
+        return self._batches(list(prompts), seed, cams, conditions)
 
     def image_to_mv(self, images: Sequence[str | np.ndarray], seed: int | None = None,
                     poses: Any = None, negative_prompt: str | None = None
@@ -476,26 +605,38 @@ class MultiViewPipeline:
         res = c.resolution
         box = max(1, round(c.recenter_size * res / 256))
         vae, vision = self.models["vae"], self.models["clip_vision"]
-        results = []
-        for i, image in enumerate(images):
-            timings: dict[str, float] = {}
+        numbered = list(enumerate(images))
+
+        def conditions(batch, seeds, timings):
             t0 = time.perf_counter()
-            if isinstance(image, (str, os.PathLike)):
-                rgb, name = load_image(image, res, box, bool(c.recenter)), os.fspath(image)
-            else:
-                rgb, name = np.asarray(image, np.float32), f"array {i}"
-                if rgb.shape != (res, res, 3):
-                    raise PipelineError(f"image arrays must be [{res}, {res}, 3], got "
-                                        f"{rgb.shape}")
-            ctx = self.encode_text([c.prompt, neg])
-            clip_in = preprocess(rgb, crop_size=res, size=vision.config.image_size)
+            rgbs, names = [], []
+            for i, image in batch:
+                if isinstance(image, (str, os.PathLike)):
+                    rgb, name = load_image(image, res, box, bool(c.recenter)), os.fspath(image)
+                else:
+                    rgb, name = np.asarray(image, np.float32), f"array {i}"
+                    if rgb.shape != (res, res, 3):
+                        raise PipelineError(f"image arrays must be [{res}, {res}, 3], got "
+                                            f"{rgb.shape}")
+                rgbs.append(rgb)
+                names.append(name)
+            b = len(batch)
+            ctx = self.encode_text([c.prompt] * b + [neg])
+            clip_in = np.concatenate([preprocess(rgb, crop_size=res,
+                                                 size=vision.config.image_size)
+                                      for rgb in rgbs])
             emb = self._embed_image(vision, jnp.asarray(clip_in))
-            key_img = jax.random.fold_in(jax.random.key(seed + i), 1)
-            z = self._encode_image(vae, jnp.asarray(rgb)[None, None] * 2.0 - 1.0, key_img)[:, 0]
+            # the image latent's posterior sample: ε from the sample's own key, as drawn alone
+            h = res // vae.config.downsample_factor
+            eps = jnp.concatenate([jax.random.normal(
+                jax.random.fold_in(jax.random.key(s), 1), (1, 1, h, h, vae.config.embed_dim))
+                for s in seeds])
+            z = self._encode_image(vae, jnp.asarray(np.stack(rgbs))[:, None] * 2.0 - 1.0,
+                                   eps)[:, 0]
             jax.block_until_ready((ctx, emb, z))
             timings["condition_encode_s"] = time.perf_counter() - t0
-            cond, uncond = image_conditions(ctx[:1], ctx[1:], z, emb, c.fps_cond)
-            views, g, over, plain = self._generate(cond, uncond, cams, seed + i, timings)
-            results.append(SampleResult(views, self.to_world(g, cams), timings, over, seed + i,
-                                        name, plain, np.asarray(cams), g))
-        return results
+            cond, uncond = image_conditions(ctx[:b], jnp.broadcast_to(ctx[b:], ctx[:b].shape),
+                                            z, emb, c.fps_cond)
+            return cond, uncond, names
+
+        return self._batches(numbered, seed, cams, conditions)

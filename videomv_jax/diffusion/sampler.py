@@ -72,6 +72,7 @@ __all__ = [
     "image_conditions",
     "lgm_inputs",
     "make_sampler",
+    "per_sample_keys",
     "progress_chunk",
     "reconstruct_latents",
     "render_views",
@@ -350,11 +351,13 @@ def downsample_images(images: jax.Array, size: int, mode: str = "nearest") -> ja
 
 def reconstruct_latents(vae: nnx.Module, lgm: nnx.Module, x0: jax.Array,
                         geometry: SamplerGeometry, config: SamplerConfig,
-                        key: jax.Array | None) -> tuple[jax.Array, Gaussians, RasterInfo]:
+                        key: jax.Array | None, noise: jax.Array | None = None
+                        ) -> tuple[jax.Array, Gaussians, RasterInfo]:
     """The 3D-aware replacement of x̂0 (design §5.1 steps 3–9) for latents x0 [N, F, h, w, 4].
 
     Returns the re-encoded scaled latents [N, F, h, w, 4], LGM's Gaussians [N, G] and the
-    rasteriser diagnostics. ``key`` drives the VAE posterior sample (``None``: the mean).
+    rasteriser diagnostics. ``key`` drives the VAE posterior sample (``None``: the mean);
+    ``noise`` (x0's shape, standard normal) is that sample's ε instead of one drawn from ``key``.
     """
     images = vae.decode_frames(x0[:, jnp.asarray(config.aware_views)], chunk=config.vae_chunk)
     rgb = jnp.clip(images * 0.5 + 0.5, 0.0, 1.0)
@@ -372,7 +375,7 @@ def reconstruct_latents(vae: nnx.Module, lgm: nnx.Module, x0: jax.Array,
     renders = downsample_images(jnp.clip(out.colors, 0.0, 1.0), size, config.downsample)
     use_key = key if config.encode_sample else None
     latents = vae.encode_frames(renders * 2.0 - 1.0, use_key, chunk=config.vae_chunk,
-                                sample=config.encode_sample)
+                                sample=config.encode_sample, noise=noise)
     return latents.astype(x0.dtype), gaussians, out.info
 
 
@@ -401,22 +404,55 @@ def _unet_outputs(unet, x, t, cond, uncond, camera, batch_cfg):
     return call(x, tb, cam, uncond), call(x, tb, cam, cond)
 
 
+def per_sample_keys(key: Any) -> bool:
+    """True for a 1-D array of typed PRNG keys (one per sample, ``jax.random.key`` stacked);
+    False for one key (a typed scalar key or a raw ``uint32[2]`` key)."""
+    return (hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and jnp.ndim(key) == 1)
+
+
+def _fold_in(key: jax.Array, data: Any) -> jax.Array:
+    """``fold_in`` of one key or of every per-sample key."""
+    if per_sample_keys(key):
+        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, data)
+    return jax.random.fold_in(key, data)
+
+
+def _normal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """Standard normal of ``shape`` [B, ...]: from one key as ``jax.random.normal``, or with
+    per-sample keys [B] each sample's slice drawn from its own key as ``normal(key_b, [1,
+    ...])``, i.e. exactly what a batch-1 call with that key would draw."""
+    if not per_sample_keys(key):
+        return jax.random.normal(key, shape, dtype)
+    one = (1, *shape[1:])
+    return jax.vmap(lambda k: jax.random.normal(k, one, dtype))(key).reshape(shape)
+
+
 def _aware_x0(vae, lgm, x, out_u, out_c, alpha, geometry, config, key):
     """3D-aware x0 := guidance(z_u, z_c) plus (gaussians [2, B, G], overflow, intersections)."""
     b = x.shape[0]
     x0_u = predict_x0(x, out_u, alpha, config.prediction)
     x0_c = predict_x0(x, out_c, alpha, config.prediction)
+    per_sample = per_sample_keys(key) and config.encode_sample
     if config.batch_cfg:
+        eps = None
+        if per_sample:  # sample b's (uncond, cond) ε as a batch-1 call draws them: [2, ...]
+            two = (2, *x.shape[1:])
+            eps = jax.vmap(lambda k: jax.random.normal(k, two, jnp.float32))(key)
+            eps = jnp.swapaxes(eps, 0, 1).reshape(2 * b, *x.shape[1:])
         z, g, info = reconstruct_latents(vae, lgm, jnp.concatenate([x0_u, x0_c]), geometry,
-                                         config, key)
+                                         config, None if per_sample else key, eps)
         z_u, z_c = z[:b], z[b:]
         gaussians = jax.tree.map(lambda a: a.reshape(2, b, *a.shape[1:]), g)
         overflow, count = info.overflow, info.intersections
     else:
+        k_u, k_c = _fold_in(key, 0), _fold_in(key, 1)
+        eps_u = _normal(k_u, x.shape) if per_sample else None
+        eps_c = _normal(k_c, x.shape) if per_sample else None
         z_u, g_u, i_u = reconstruct_latents(vae, lgm, x0_u, geometry, config,
-                                            jax.random.fold_in(key, 0))
+                                            None if per_sample else k_u, eps_u)
         z_c, g_c, i_c = reconstruct_latents(vae, lgm, x0_c, geometry, config,
-                                            jax.random.fold_in(key, 1))
+                                            None if per_sample else k_c, eps_c)
         gaussians = jax.tree.map(lambda u, c: jnp.stack([u, c]), g_u, g_c)
         overflow = i_u.overflow | i_c.overflow
         count = jnp.maximum(i_u.intersections, i_c.intersections)
@@ -458,8 +494,8 @@ def _build_step(graphdefs, config: SamplerConfig, schedule: DDIMSchedule,
         i, aware = xs
         t, alpha, alpha_prev = (schedule.timesteps[i], schedule.alpha[i],
                                 schedule.alpha_prev[i])
-        key_i = jax.random.fold_in(key, i)
-        k_enc, k_eta = jax.random.fold_in(key_i, 0), jax.random.fold_in(key_i, 1)
+        key_i = _fold_in(key, i)
+        k_enc, k_eta = _fold_in(key_i, 0), _fold_in(key_i, 1)
         out_u, out_c = _unet_outputs(unet, x, t, cond, uncond, geometry.camera,
                                      config.batch_cfg)
 
@@ -480,7 +516,7 @@ def _build_step(graphdefs, config: SamplerConfig, schedule: DDIMSchedule,
             x0, aux = lax.cond(aware, aware_fn, plain, aux)
         else:
             x0, aux = plain(aux)
-        noise = jax.random.normal(k_eta, x.shape, x.dtype) if config.eta > 0 else None
+        noise = _normal(k_eta, x.shape, x.dtype) if config.eta > 0 else None
         x_next = ddim_update(x, x0, alpha, alpha_prev, config.eta, noise)
         if on_step is not None:
             jax.debug.callback(on_step, i)
@@ -541,12 +577,24 @@ def _check_inputs(noise, cond, uncond, cameras, config, aware_mask):
 
 
 class Sampler:
-    """The compiled VideoMV sampler returned by :func:`make_sampler` (call it)."""
+    """The compiled VideoMV sampler returned by :func:`make_sampler` (call it).
+
+    ``mesh``: a ``("data", "fsdp", "tensor")`` mesh (:func:`videomv_jax.parallel.make_mesh`)
+    for batched sampling on several devices. The batch B is split over ``data``: every data
+    shard runs the one-device program on its B / data samples (``jax.shard_map`` manual over
+    ``data``, so the rasteriser's buffer, the VAE and LGM stay per device), and the modules'
+    parameters are used where they lie (replicated, or split over ``fsdp`` / ``tensor`` by
+    :func:`~videomv_jax.parallel.shard_model`, which the compiler partitions automatically).
+    Such a sampler takes per-sample keys [B] so each sample's randomness does not depend on
+    the batch it is in; ``aux["overflow"]`` / ``aux["intersections"]`` are then reduced over
+    the whole batch."""
 
     def __init__(self, unet: nnx.Module, vae: nnx.Module | None, lgm: nnx.Module | None,
-                 config: SamplerConfig):
+                 config: SamplerConfig, mesh: Any = None):
         _check_models(unet, vae, lgm, config)
         self.config = config
+        self.mesh = mesh
+        self.data_shards = int(dict(mesh.shape).get("data", 1)) if mesh is not None else 1
         self.schedule = config.ddim_schedule()
         self.models = (unet, vae, lgm)
         self.graphdefs, _ = _split(unet, vae, lgm)
@@ -555,15 +603,83 @@ class Sampler:
         """Called as ``step_callback(done, num_steps)`` after every ``steps_per_call`` DDIM
         steps when ``config.progress`` is set (on the calling thread), e.g. to drive a web
         page's progress bar."""
-        self.jitted = jax.jit(self._sample)
+        self.jitted = jax.jit(self._sharded(self._sample, "sample"))
         # progress: the loop run ``steps_per_call`` steps at a time, the bar advanced between
         # calls (a host callback inside the loop would keep the executable out of the
         # persistent compilation cache). The segment's bounds are traced, so one executable
         # serves every segment length, one step included.
         self.steps_per_call: int = progress_chunk(config.num_steps)
         """DDIM steps per compiled call with ``config.progress`` (1: a callback per step)."""
-        self._jitted_init = jax.jit(self._init)
-        self._jitted_segment = jax.jit(self._segment)
+        self._jitted_init = jax.jit(self._sharded(self._init, "init"))
+        self._jitted_segment = jax.jit(self._sharded(self._segment, "segment"))
+
+    # -- data parallelism: each data shard runs the one-device program on its samples --------
+
+    def _sharded(self, fn: Callable, kind: str) -> Callable:
+        """``fn`` itself (one data shard), or ``fn`` mapped over the mesh's ``data`` axis with
+        the batch axis of noise / conditions / per-sample keys / carry split and the rest
+        (model states, cameras, mask, bounds) passed whole; the overflow flag and buffer use
+        are reduced over the shards (so they are replicated, as in a one-device run)."""
+        if self.data_shards == 1:
+            return fn
+        from jax.sharding import PartitionSpec as P
+
+        data, rep = P("data"), P()
+
+        def aux_specs(aux: dict) -> dict:
+            out = {k: rep for k in ("overflow", "intersections")}
+            for k in ("gaussians", "trajectory"):
+                if k in aux:
+                    out[k] = P(None, "data")
+            return out
+
+        def reduce(aux: dict) -> dict:
+            aux = dict(aux)
+            aux["overflow"] = lax.pmax(aux["overflow"].astype(jnp.int32), "data") > 0
+            aux["intersections"] = lax.pmax(aux["intersections"], "data")
+            return aux
+
+        def mapped(*args):
+            if kind == "sample":
+                states, noise, cond, uncond, cameras, key, mask = args
+                in_specs = (rep, data, data, data, rep, data, rep)
+            elif kind == "init":
+                in_specs = (rep, data, rep)
+            else:  # segment: (states, carry, cond, uncond, cameras, key, mask, start, stop)
+                x, aux, traj = args[1]
+                carry_spec = (data, aux_specs(aux), None if traj is None else P(None, "data"))
+                in_specs = (rep, carry_spec, data, data, rep, data, rep, rep, rep)
+            probe = jax.eval_shape(fn, *args)  # the output's structure (for its specs)
+
+            def body(*local):
+                out = fn(*local)
+                if kind == "segment":
+                    x, aux, traj = out
+                    return x, reduce(aux), traj
+                return out[0], reduce(out[1])
+
+            if kind == "segment":
+                _, aux, traj = probe
+                out_specs = (data, aux_specs(aux), None if traj is None else P(None, "data"))
+            else:
+                out_specs = (data, aux_specs(probe[1]))
+            return jax.shard_map(body, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
+                                 axis_names={"data"}, check_vma=False)(*args)
+
+        return mapped
+
+    def _place(self, args: tuple, batched: tuple[bool, ...]) -> tuple:
+        """Put the call's arguments on the mesh: batch-first ones split over ``data``, the
+        others replicated (arrays already laid out so are not moved)."""
+        if self.mesh is None:
+            return args
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        split = NamedSharding(self.mesh, P("data" if self.data_shards > 1 else None))
+        whole = NamedSharding(self.mesh, P())
+        return tuple(a if a is None else jax.device_put(a, split if b else whole)
+                     for a, b in zip(args, batched, strict=True))
 
     def _init(self, states, noise, cameras):
         # returns x too: the segments' carry is then always a jit output (committed the same
@@ -643,8 +759,23 @@ class Sampler:
         ([num_steps, B, F, h, w, 4], with ``keep_trajectory``).
         """
         mask = _check_inputs(noise, cond, uncond, cameras_c2w_zup, self.config, aware_mask)
+        b = jnp.shape(noise)[0]
+        if per_sample_keys(key) and key.shape[0] != b:
+            raise ValueError(f"per-sample keys must be [B={b}], got {key.shape[0]} keys")
+        if self.data_shards > 1:
+            if not per_sample_keys(key):
+                raise ValueError("a sampler on a data mesh needs per-sample keys [B] "
+                                 "(jnp.stack of jax.random.key(...) per sample), so that each "
+                                 "sample's noise does not depend on its batch")
+            if b % self.data_shards:
+                raise ValueError(f"batch {b} is not divisible by the mesh's data axis "
+                                 f"{self.data_shards}; pad the batch to a multiple of it")
         args = (self.states(), jnp.asarray(noise), dict(cond), dict(uncond),
                 jnp.asarray(cameras_c2w_zup, jnp.float32), key, jnp.asarray(mask))
+        if self.mesh is not None:
+            states, *rest = args
+            rest = self._place(tuple(rest), (True, True, True, False, True, False))
+            args = (states, *rest)
         if not self.config.progress:
             return self.jitted(*args)
         return self._sample_with_progress(*args)
@@ -659,14 +790,15 @@ def progress_chunk(num_steps: int) -> int:
 
 
 def make_sampler(unet: nnx.Module, vae: nnx.Module | None, lgm: nnx.Module | None,
-                 config: SamplerConfig | None = None) -> Sampler:
+                 config: SamplerConfig | None = None, mesh: Any = None) -> Sampler:
     """Build the jitted sampler ``sample_fn(noise, cond, uncond, cameras_c2w_zup, key) ->
     (latents, aux)`` (one ``lax.scan`` over all DDIM steps; see :class:`Sampler`).
 
     ``vae`` and ``lgm`` may be ``None`` for plain sampling (``config.aware_steps == ()``).
     The modules are split once; each call passes their current states to the compiled function.
+    ``mesh``: sample the batch on several devices (see :class:`Sampler`).
     """
-    return Sampler(unet, vae, lgm, SamplerConfig() if config is None else config)
+    return Sampler(unet, vae, lgm, SamplerConfig() if config is None else config, mesh)
 
 
 @functools.lru_cache(maxsize=8)

@@ -461,7 +461,8 @@ class AutoencoderKL(nnx.Module):
         return jax.tree.map(lambda o: o.reshape(num * chunk, *o.shape[2:])[:n], out)
 
     def encode_frames(self, images: jax.Array, key: jax.Array | None = None, *,
-                      chunk: int | None = None, sample: bool = True) -> jax.Array:
+                      chunk: int | None = None, sample: bool = True,
+                      noise: jax.Array | None = None) -> jax.Array:
         """Videos [B, F, H, W, 3] in [-1, 1] → *scaled* latents [B, F, H/8, W/8, 4].
 
         The released VideoMV code **samples** the posterior (``encode_firsr_stage``: mean +
@@ -470,7 +471,9 @@ class AutoencoderKL(nnx.Module):
         ``jax.random.normal(key, [B, F, h, w, 4])``, drawn once for the whole video, so the
         result does not depend on ``chunk``. With ``key=None`` or ``sample=False`` the posterior
         mean is used (deterministic; a deviation from the released code). ``chunk`` frames are
-        encoded at a time (default ``config.frame_chunk``; 0 = all at once).
+        encoded at a time (default ``config.frame_chunk``; 0 = all at once). ``noise`` (standard
+        normal, the latents' shape) replaces ``ε`` drawn from ``key``, e.g. drawn per sample from
+        each sample's own key so a batch equals its samples encoded one at a time.
         """
         self._check(images, self.config.in_channels, "videos", ndim=5)
         b, f = images.shape[:2]
@@ -482,7 +485,13 @@ class AutoencoderKL(nnx.Module):
         mean, logvar = self._chunked(moments, images.reshape(b * f, *images.shape[2:]), chunk)
         post = DiagonalGaussian(mean=mean.reshape(b, f, *mean.shape[1:]),
                                 logvar=logvar.reshape(b, f, *logvar.shape[1:]))
-        z = post.sample(key) if (sample and key is not None) else post.mode()
+        if sample and noise is not None:
+            if noise.shape != post.mean.shape:
+                raise ValueError(f"noise must have the latents' shape {post.mean.shape}, got "
+                                 f"{noise.shape}")
+            z = post.sample_with_noise(noise.astype(post.mean.dtype))
+        else:
+            z = post.sample(key) if (sample and key is not None) else post.mode()
         return z * self.config.scale_factor
 
     def decode_frames(self, latents: jax.Array, *, chunk: int | None = None) -> jax.Array:

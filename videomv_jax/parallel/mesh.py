@@ -246,11 +246,26 @@ def with_logical_constraint(
     ``heads``, ...). Uses ``mesh`` or else the mesh set with ``jax.set_mesh``; with neither
     (single device, plain scripts) it returns ``x`` unchanged."""
     ctx = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
-    if ctx is None or ctx.empty or math.prod(dict(ctx.shape).values()) == 1:
+    if ctx is None or ctx.empty:
         return x
+    # inside a shard_map, its manual axes are already split by hand: hint only the others
+    manual = {n for n, t in zip(ctx.axis_names, ctx.axis_types, strict=True)
+              if t == AxisType.Manual}
+    if math.prod(v for k, v in dict(ctx.shape).items() if k not in manual) == 1:
+        return x
+    if manual:
+        rules = {k: _without(v, manual) for k, v in (DEFAULT_RULES if rules is None
+                                                     else rules).items()}
     spec = logical_to_spec(axes, rules, shape=x.shape, mesh=ctx)
     target = NamedSharding(mesh, spec) if mesh is not None else spec
     return jax.lax.with_sharding_constraint(x, target)
+
+
+def _without(axes: MeshAxes, drop: set[str]) -> MeshAxes:
+    """``axes`` without the mesh axes in ``drop`` (None when none is left)."""
+    items = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    kept = tuple(a for a in items if a not in drop)
+    return None if not kept else kept[0] if len(kept) == 1 else kept
 
 
 # ---- multi-process start-up --------------------------------------------------------------------
