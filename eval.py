@@ -407,7 +407,7 @@ def _shapes_config(args: argparse.Namespace):
 def cmd_shapes(args: argparse.Namespace) -> int:
     from videomv_jax.data import images as image_io
     from videomv_jax.data.shapes import random_scene, render_scene
-    from videomv_jax.pipeline import MultiViewPipeline
+    from videomv_jax.pipeline import MultiViewPipeline, devices_for_inputs
 
     if args.num_samples < SMALL_N:
         print(f"warning: --num-samples {args.num_samples} < {SMALL_N}: the confidence intervals "
@@ -429,6 +429,10 @@ def cmd_shapes(args: argparse.Namespace) -> int:
                               next_to=args.next_to, max_size_ratio=args.max_size_ratio)
     except ValueError as err:
         raise UsageError(f"shapes world: {err}") from None
+    import jax
+
+    # one scene at a time: no data shards padded with copies of it
+    cfg.parallel.devices = devices_for_inputs(cfg.parallel, 1, jax.local_device_count())
     t0 = time.perf_counter()
     pipe = MultiViewPipeline.from_checkpoints(args.checkpoint_dir, cfg)
     load_s = time.perf_counter() - t0

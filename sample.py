@@ -303,6 +303,16 @@ def generate(args: argparse.Namespace) -> int:
         notes.append(note)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
+    # several processes (JAX_PROCESS_ID/JAX_NUM_PROCESSES, SLURM, MPI): a disjoint share each,
+    # global numbers and seeds kept; one merged index.json (videomv_jax.sampling_batch)
+    from videomv_jax import sampling_batch as sb
+    from videomv_jax.pipeline import devices_for_inputs
+
+    proc, nproc = sb.process_identity()
+    share = sb.process_share(len(prompts or args.image), proc, nproc)
+    inputs = [(prompts or args.image)[k] for k in share]
+    # all local devices by default, but no more data shards than this process's inputs fill
+    cfg.parallel.devices = devices_for_inputs(cfg.parallel, len(inputs), jax.local_device_count())
     t0 = time.perf_counter()
     pipe = MultiViewPipeline.from_checkpoints(cfg.checkpoint_dir, cfg)
     load_s = time.perf_counter() - t0
@@ -311,13 +321,6 @@ def generate(args: argparse.Namespace) -> int:
         print(f"warning: the models {random} record no converted source checkpoint (e.g. random "
               f"test weights): the outputs are NOT samples of a trained VideoMV model.",
               file=sys.stderr)
-    # several processes (JAX_PROCESS_ID/JAX_NUM_PROCESSES, SLURM, MPI): a disjoint share each,
-    # global numbers and seeds kept; one merged index.json (videomv_jax.sampling_batch)
-    from videomv_jax import sampling_batch as sb
-
-    proc, nproc = sb.process_identity()
-    share = sb.process_share(len(prompts or args.image), proc, nproc)
-    inputs = [(prompts or args.image)[k] for k in share]
     if mode == "t2mv":
         results = pipe.text_to_mv(inputs, cfg.seed + share.start, cams)
     else:

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from videomv_jax.diffusion import sampler as sampler_mod
-from videomv_jax.pipeline import PipelineError, parallel_layout
+from videomv_jax.pipeline import PipelineError, devices_for_inputs, parallel_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -203,6 +203,22 @@ def test_parallel_layout_and_clear_errors():
                           ({"fsdp": 1.5}, "fsdp must be a positive int")]:
         with pytest.raises(PipelineError, match=message):
             parallel_layout(opts, 8)
+
+
+def test_default_devices_are_no_more_than_the_inputs_fill():
+    """parallel.devices = 0 ("all") uses no more data shards than a process's inputs fill: a
+    lone prompt on 8 devices is one sample, not eight padded copies; a set value is kept."""
+    assert devices_for_inputs({}, 2, 8) == 2
+    assert devices_for_inputs({}, 20, 8) == 8
+    assert devices_for_inputs({}, 0, 8) == 1  # a process whose share is empty
+    assert devices_for_inputs({"batch_per_device": 4}, 9, 8) == 3  # ceil(9 / 4) shards
+    assert devices_for_inputs({"fsdp": 2}, 1, 8) == 2  # one data shard of fsdp 2
+    assert devices_for_inputs({"fsdp": 2, "tensor": 2}, 9, 8) == 8
+    assert devices_for_inputs({"devices": 3}, 1, 8) == 3
+    for opts, n in (({}, 2), ({"fsdp": 2}, 3), ({"batch_per_device": 2}, 5)):
+        devices = devices_for_inputs(opts, n, 8)
+        (data, _, _), batch = parallel_layout({**opts, "devices": devices}, 8)
+        assert batch >= n > batch - (data and opts.get("batch_per_device", 1)), (opts, n)
 
 
 def test_bad_device_flags_fail_before_any_model_loads(load_script, tmp_path, capsys,

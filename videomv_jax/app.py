@@ -144,9 +144,11 @@ class DemoModel:
     def __init__(self, checkpoint_dirs: Sequence[str] = (),
                  modes: Sequence[str] = ("t2mv", "i2mv"), steps: int | None = None,
                  load: bool = True):
+        import jax
+
         from configs import i2mv, t2mv
         from videomv_jax import tiny
-        from videomv_jax.pipeline import MultiViewPipeline
+        from videomv_jax.pipeline import MultiViewPipeline, devices_for_inputs
 
         unknown = sorted(set(modes) - set(MODE_TITLES))
         if unknown:
@@ -180,6 +182,8 @@ class DemoModel:
             if steps is not None:
                 _set_steps(cfg, int(steps), True, *self.default_sampling[mode])
                 _sampler_config(cfg)  # a bad --steps fails at start-up
+        for cfg in self.configs.values():  # one request = one sample: no padded data shards
+            cfg.parallel.devices = devices_for_inputs(cfg.parallel, 1, jax.local_device_count())
         self.pipelines = {m: MultiViewPipeline.from_checkpoints(c.checkpoint_dir, c)
                           for m, c in self.configs.items()} if load else {}
         for pipe in self.pipelines.values():

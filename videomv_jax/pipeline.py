@@ -52,7 +52,7 @@ from videomv_jax.render.gaussians import Gaussians, transform_gaussians
 from videomv_jax.render.rasterize import get_settings, rasterize
 
 __all__ = ["MODES", "MultiViewPipeline", "PipelineError", "SampleResult", "load_image",
-           "load_poses", "parallel_layout", "recenter"]
+           "devices_for_inputs", "load_poses", "parallel_layout", "recenter"]
 
 MODES = {"t2mv": "unet-t2v", "i2mv": "unet-i2v"}
 """Pipeline mode → the UNet kind its ``unet`` subdirectory must hold."""
@@ -259,6 +259,21 @@ def parallel_layout(options: Any, local_devices: int, platform: str = "cpu",
             f"multiple of {model})")
     data = n // model
     return (data, int(opts["fsdp"]), int(opts["tensor"])), data * per_device
+
+
+def devices_for_inputs(options: Any, num_inputs: int, local_devices: int) -> int:
+    """The ``parallel.devices`` to use for ``num_inputs`` samples: as given when it is set;
+    for 0 ("all local devices") no more data shards than the inputs fill, so a lone prompt on
+    8 devices runs on one (× ``fsdp`` × ``tensor``) instead of being padded to eight copies.
+    The result is a multiple of ``fsdp × tensor`` and at most ``local_devices``."""
+    given = int(_cfg_get(options, "devices", 0) or 0)
+    if given:
+        return given
+    model = int(_cfg_get(options, "fsdp", 1)) * int(_cfg_get(options, "tensor", 1))
+    per_device = int(_cfg_get(options, "batch_per_device", 1))
+    data_max = max(1, local_devices // max(1, model))
+    data = min(data_max, max(1, -(-int(num_inputs) // max(1, per_device))))
+    return data * model
 
 
 # ---- pipeline -----------------------------------------------------------------------------------
