@@ -378,6 +378,7 @@ _UNET_SCRIPT = textwrap.dedent("""
     out["out_spec"] = spec_list(y.sharding.spec)
     out["constraints"] = str(jaxpr).count("sharding_constraint")
     out["blocks"] = [len(model.input_blocks), len(model.output_blocks)]
+    out["convs"] = sum(isinstance(m, nnx.Conv) for _, m in nnx.iter_graph(model))
     # no mesh: the hints are no-ops (nothing in the traced program)
     gd, state = nnx.split(unet_from_params(cfg, params))
     jaxpr = jax.make_jaxpr(lambda s: nnx.merge(gd, s)(x, t, ctx, cam))(state)
@@ -418,7 +419,9 @@ def test_tiny_unet_data_fsdp_forward_equals_single_device(unet_on_eight_devices)
     # batch 4 uses up data=4, so "embed" -> fsdp splits the 4 output channels)
     assert r["out_spec"] == spec("data", None, None, None, "fsdp")
     # one hint on the input, after every input block, after the middle block, two per output
-    # block (entering: skip concatenation, leaving), one on the output; none without a mesh
+    # block (entering: skip concatenation, leaving), one on the output, plus one per
+    # convolution (its kernel gathered over fsdp, L.GatheredKernel); none without a mesh
     n_in, n_out = r["blocks"]
-    assert r["constraints"] == 1 + n_in + 1 + 2 * n_out + 1
+    assert r["convs"] > 10
+    assert r["constraints"] == 1 + n_in + 1 + 2 * n_out + 1 + r["convs"]
     assert r["constraints_no_mesh"] == 0
