@@ -21,11 +21,14 @@ the exact erf form.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes as nnx_dtypes
 
 default_kernel_init = nnx.initializers.lecun_normal()
 zeros = nnx.initializers.zeros_init()
@@ -64,6 +67,23 @@ def Linear(  # noqa: N802 - constructor-style helper
                       bias_init=_part(zeros, axes[1:]), rngs=rngs)
 
 
+@dataclasses.dataclass(frozen=True)
+class GatheredKernel:
+    """``promote_dtype`` hook of :func:`Conv`: Flax's dtype promotion, then the kernel gathered
+    over the ``fsdp`` mesh axis (:func:`videomv_jax.parallel.mesh.gather_fsdp`; a no-op
+    without a mesh). Works around an XLA SPMD partitioner bug that gave wrong convolution
+    kernel gradients on data × fsdp × tensor meshes. A frozen dataclass so that equal layers
+    have equal (and picklable) graph definitions."""
+
+    axes: tuple[str | None, ...]
+
+    def __call__(self, args: Any, /, *, dtype: Any = None, inexact: bool = True) -> Any:
+        from videomv_jax.parallel.mesh import gather_fsdp  # lazy: parallel imports this module
+
+        inputs, kernel, bias = nnx_dtypes.promote_dtype(args, dtype=dtype, inexact=inexact)
+        return inputs, gather_fsdp(kernel, self.axes), bias
+
+
 def Conv(  # noqa: N802
     in_features: int,
     out_features: int,
@@ -77,14 +97,15 @@ def Conv(  # noqa: N802
     dtype=None,
     param_dtype=jnp.float32,
 ) -> nnx.Conv:
-    """N-d convolution on channels-last inputs (kernel [*kernel_size, in, out])."""
+    """N-d convolution on channels-last inputs (kernel [*kernel_size, in, out]). Under a mesh
+    the kernel is used gathered over ``fsdp`` (:class:`GatheredKernel`)."""
     kernel_size = tuple(kernel_size)
     axes = (None,) * len(kernel_size) + ("conv_in", "conv_out")
     kernel_init = zeros if zero_init else default_kernel_init
     return nnx.Conv(in_features, out_features, kernel_size, strides=strides, padding=padding,
                     use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                     kernel_init=_part(kernel_init, axes), bias_init=_part(zeros, ("conv_out",)),
-                    rngs=rngs)
+                    promote_dtype=GatheredKernel(axes), rngs=rngs)
 
 
 def normalization_stats(x: jax.Array, axes: Sequence[int]) -> tuple[jax.Array, jax.Array]:
