@@ -89,6 +89,8 @@ def agree_any(flag: bool, timeout_s: float = 3600.0) -> bool:
 def _one_to_global(x: Any, sharding: Any) -> Any:
     if not isinstance(sharding, jax.sharding.Sharding):
         return x
+    if isinstance(x, jax.ShapeDtypeStruct):  # abstract (nnx.eval_shape): attach the sharding
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return x if x.sharding == sharding else jax.device_put(x, sharding)
     if sharding.is_fully_addressable:

@@ -127,6 +127,29 @@ def _reseed(rest: Any, key_data: jax.Array) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
+def _is_abstract(tree: Any) -> bool:
+    return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
+
+
+def _fill_abstract(rest: Any) -> Any:
+    """Concrete zeros (zero keys) for the abstract non-parameter variables of a model (RNG
+    counters and keys): the step reads them as constants, and they are a few bytes."""
+    def one(x: Any) -> Any:
+        if not isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            key = jax.random.key(0)
+            if key.dtype != x.dtype:
+                raise ValueError(f"abstract model: an RNG key of type {x.dtype}, not the "
+                                 f"default {key.dtype}; build the model with default keys")
+            zero = jnp.broadcast_to(key, x.shape)
+        else:
+            zero = jnp.zeros(x.shape, x.dtype)
+        return zero if x.sharding is None else jax.device_put(zero, x.sharding)
+
+    return jax.tree.map(one, rest)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
@@ -135,7 +158,13 @@ def _all_finite(tree: Any) -> jax.Array:
 class Trainer:
     """See the module docstring. ``grad_scales``: per trained model, a pure dict of floats
     shaped like its parameters (e.g. :func:`~videomv_jax.train.grad_scale.grad_scale_tree`);
-    ``image_fn(models, batch, key) -> [N, H, W, 3]`` in [0, 1] feeds TensorBoard images."""
+    ``image_fn(models, batch, key) -> [N, H, W, 3]`` in [0, 1] feeds TensorBoard images.
+
+    Models may be abstract (``nnx.eval_shape``, e.g. ``get_kind(kind).abstract(config)``):
+    nothing is then allocated, the state and frozen parameters are ``ShapeDtypeStruct`` s with
+    the shardings a concrete run would have, and :meth:`lower_step` lowers the same step for a
+    batch of ``ShapeDtypeStruct`` s (``benchmarks/memory_plan.py``); such a trainer cannot
+    train."""
 
     def __init__(self, task: Task, models: Mapping[str, nnx.Module], optim: OptimConfig,
                  config: TrainConfig, *, mesh: jax.sharding.Mesh | None = None,
@@ -148,6 +177,9 @@ class Trainer:
         self.image_fn = image_fn
         self.run_config = dict(run_config or {})
         names = list(task.trainable) + list(task.frozen)
+        #: built from abstract models (``nnx.eval_shape``): state and frozen parameters are
+        #: ShapeDtypeStructs with their shardings, for :meth:`lower_step` (memory plans)
+        self.abstract = _is_abstract([nnx.state(models[n]) for n in names])
         self.graphdefs, self._params, self._rest = {}, {}, {}
         for name in names:
             model = models[name]
@@ -156,6 +188,8 @@ class Trainer:
             state = to_global(nnx.state(model), shardings)
             nnx.update(model, state)
             g, p, r = nnx.split(model, nnx.Param, ...)
+            if self.abstract:
+                r = _fill_abstract(r)
             self.graphdefs[name], self._params[name], self._rest[name] = g, p.to_pure_dict(), r
         self.frozen = {n: (self._params[n], self._rest[n]) for n in task.frozen}
         self.trainable_rest = {n: self._rest[n] for n in task.trainable}
@@ -163,10 +197,15 @@ class Trainer:
         self.grad_scales = {n: (grad_scales or {}).get(n) for n in task.trainable}
         self.tx = make_optimizer(optim)
         self._step_impl = self._build_step()
-        state = self._init_state(params)
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.state_shardings = jax.tree.map(
-            lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated, state)
+        if self.abstract:
+            state = jax.eval_shape(self._init_state, params)
+            self.state_shardings = self._abstract_shardings(state, params, replicated)
+        else:
+            state = self._init_state(params)
+            self.state_shardings = jax.tree.map(
+                lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else replicated,
+                state)
         self.state = to_global(state, self.state_shardings)
         self._step_fn = jax.jit(self._step_impl, donate_argnums=(0,),
                                 out_shardings=(self.state_shardings, replicated))
@@ -186,6 +225,17 @@ class Trainer:
         # every leaf its own buffer: the step donates the state, and XLA refuses a buffer
         # donated twice (shared zeros, EMA = params at step 0)
         return jax.tree.map(lambda x: x.copy(), state)
+
+    def _abstract_shardings(self, state: TrainState, params: dict[str, Any],
+                            replicated: NamedSharding) -> TrainState:
+        """The shardings a concrete state would have: parameters, EMA and the optimizer's
+        parameter-shaped leaves (Adam moments) those of the parameters, the rest replicated."""
+        like = jax.tree.map(lambda x: x.sharding, params)
+        opt = optax.tree_map_params(self.tx, lambda _, s: s, state.opt_state, like,
+                                    transform_non_params=lambda _: replicated)
+        return TrainState(step=replicated, params=like, opt_state=opt,
+                          ema=None if state.ema is None else like, rng=replicated,
+                          nonfinite_streak=replicated, nonfinite_total=replicated)
 
     def models(self, state: TrainState | None = None, use_ema: bool = False) -> dict[str, Any]:
         """The trained models (and frozen ones) as NNX modules holding the state's params."""
@@ -313,6 +363,13 @@ class Trainer:
             out[k] = jax.make_array_from_process_local_data(batch_sharding(self.mesh), v)
         return out
 
+    def lower_step(self, inputs: Mapping[str, Any]) -> jax.stages.Lowered:
+        """The train step lowered for device ``inputs`` (global arrays or ShapeDtypeStructs
+        with shardings, e.g. :meth:`device_batch`'s): ``.compile()`` it, and read
+        ``.memory_analysis()`` or ``.cost_analysis()``. Works on an abstract trainer."""
+        with jax.set_mesh(self.mesh):
+            return self._step_fn.lower(self.state, self.frozen, dict(inputs))
+
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
         """One update on ``batch`` (host dict); returns the step's metrics (device arrays)."""
         with jax.set_mesh(self.mesh):
@@ -323,8 +380,7 @@ class Trainer:
                     # compile first, then start together: a process that runs the step while
                     # another still compiles waits in a collective, and CPU (gloo)
                     # collectives time out
-                    self._compiled_step = self._step_fn.lower(self.state, self.frozen,
-                                                              inputs).compile()
+                    self._compiled_step = self.lower_step(inputs).compile()
                     barrier("train_step_compiled")
                 step_fn = self._compiled_step
             self.state, metrics = step_fn(self.state, self.frozen, inputs)
