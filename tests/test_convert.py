@@ -667,3 +667,38 @@ def test_cli_tiny_vae_against_diffusers(tmp_path):
     got = np.asarray(model(jnp.asarray(x)))
     # whole-model float32 parity (house bound 1e-4 abs; ~20 convs / GroupNorms / softmax)
     np.testing.assert_allclose(got, ref.numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_model_from_params_builds_without_init_and_names_what_does_not_fit():
+    """The one parameters → model builder: values land where their paths say, cast to the
+    model's dtype, dropout streams seeded; missing / unknown / mis-shaped parameters are listed
+    together in one error."""
+    from videomv_jax.models import model_from_params
+
+    class Small(nnx.Module):
+        def __init__(self, width: int, *, rngs: nnx.Rngs):
+            self.lin = nnx.Linear(width, 3, rngs=rngs)
+            self.out = nnx.Linear(3, 1, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    source = Small(2, rngs=nnx.Rngs(5))
+    params = {tuple(p): np.asarray(v.get_value(), np.float16)
+              for p, v in nnx.to_flat_state(nnx.state(source, nnx.Param))}
+    model = model_from_params(Small, 2, params)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        value = np.asarray(var.get_value())
+        assert value.dtype == np.float32  # the model's dtype, not the float16 given
+        np.testing.assert_array_equal(value, params[tuple(path)].astype(np.float32))
+    x = np.ones((4, 2), np.float32)
+    np.testing.assert_allclose(np.asarray(model.out(model.lin(x))),
+                               np.asarray(source.out(source.lin(x))), rtol=1e-3)  # float16 copy
+    bad = dict(params)
+    del bad[("lin", "bias")]
+    bad[("lin", "gain")] = np.zeros(3, np.float32)
+    bad[("out", "kernel")] = np.zeros((4, 1), np.float32)
+    with pytest.raises(ValueError) as err:
+        model_from_params(Small, 2, bad)
+    msg = str(err.value)
+    assert "parameters do not fit Small" in msg
+    assert "missing (1): lin/bias" in msg and "unknown (1): lin/gain" in msg
+    assert "out/kernel: (4, 1), the model wants (3, 1)" in msg

@@ -30,8 +30,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -39,7 +37,6 @@ from videomv_jax.convert.base import (
     Path,
     Rule,
     abstract_params,
-    apply_params,
     conv_rules,
     convert_state_dict,
     identity,
@@ -47,6 +44,7 @@ from videomv_jax.convert.base import (
     load_source_checkpoint,
     norm_rules,
 )
+from videomv_jax.models import model_from_params
 from videomv_jax.models.lgm import LGM, LGMConfig
 
 VIDEOMV_PREFIX = "lgm_big."
@@ -166,15 +164,9 @@ def convert(state: Mapping[str, np.ndarray], config: LGMConfig,
 def lgm_from_params(config: LGMConfig, params: Mapping[Path, np.ndarray]) -> LGM:
     """A concrete :class:`~videomv_jax.models.lgm.LGM` holding ``params`` (every parameter, e.g.
     from :func:`convert`), built without running the random initialisers (which would cost
-    415M random draws for "big", and an XLA compile per distinct kernel shape on CPU)."""
-    model = nnx.eval_shape(lambda: LGM(config, rngs=nnx.Rngs(0)))
-    missing = set(abstract_params(model)) - set(params)
-    if missing:
-        raise ValueError(f"lgm_from_params needs every parameter; {len(missing)} missing, e.g. "
-                         f"{sorted(map(str, missing))[:3]}")
-    apply_params(model, params)
-    nnx.update(model, jax.tree.map(jnp.asarray, nnx.state(model)))
-    return model
+    415M random draws for "big", and an XLA compile per distinct kernel shape on CPU); see
+    :func:`videomv_jax.models.model_from_params`."""
+    return model_from_params(LGM, config, params)
 
 
 def load_lgm(path: str | os.PathLike, config: LGMConfig | None = None,

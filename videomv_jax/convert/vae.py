@@ -33,7 +33,6 @@ from videomv_jax.convert.base import (
     Path,
     Rule,
     abstract_params,
-    apply_params,
     conv1x1_as_linear,
     conv_rules,
     convert_state_dict,
@@ -43,6 +42,7 @@ from videomv_jax.convert.base import (
     norm_rules,
     strip_prefix,
 )
+from videomv_jax.models import model_from_params
 from videomv_jax.models.vae import AutoencoderKL, VAEConfig
 
 LDM_PREFIX = "first_stage_model."
@@ -216,5 +216,4 @@ def load_autoencoder(path: str | os.PathLike, config: VAEConfig | None = None,
     config = VAEConfig.full() if config is None else config
     state = load_ldm_state_dict(path)
     params = convert(state, config, source)
-    model = AutoencoderKL(config, rngs=nnx.Rngs(0))
-    return apply_params(model, params)
+    return model_from_params(AutoencoderKL, config, params)

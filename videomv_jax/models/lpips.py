@@ -325,15 +325,6 @@ def lpips_from_params(params: Mapping[tuple[Any, ...], Any], config: LPIPSConfig
     """An :class:`LPIPS` holding ``params`` ({parameter path: array}, every parameter, e.g. from
     :func:`videomv_jax.convert.lpips.convert`), built abstractly so that no random
     initialisation runs (eager init of the 15M-parameter trunk is slow on CPU)."""
-    model = nnx.eval_shape(lambda: LPIPS(config, rngs=nnx.Rngs(0)))
-    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    missing = sorted(set(map(tuple, flat)) - set(params), key=str)
-    if missing:
-        raise ValueError(f"lpips_from_params: no value for parameters {missing[:5]}")
-    for path, var in flat.items():
-        value = jnp.asarray(params[tuple(path)], dtype=config.params_dtype)
-        if value.shape != tuple(var.get_value().shape):
-            raise ValueError(f"lpips_from_params: {path} has shape {value.shape}, expected "
-                             f"{tuple(var.get_value().shape)}")
-        var.set_value(value)
-    return model
+    from videomv_jax.models import model_from_params
+
+    return model_from_params(LPIPS, config, params, dtype=config.params_dtype)

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from videomv_jax.models import abstract_model
+from videomv_jax.models import abstract_model, model_from_params
 from videomv_jax.nn.attention import IMPLEMENTATIONS, dot_product_attention
 from videomv_jax.nn.embeddings import sinusoidal_embedding
 from videomv_jax.nn.layers import Conv, GroupNorm, LayerNorm, Linear, gelu
@@ -902,30 +902,7 @@ def unet_from_params(config: UNet3DConfig, params: Mapping[tuple, Any], *,
         params = dict(params)
         for path, var in nnx.to_flat_state(nnx.state(mlp, nnx.Param)):
             params[("camera_embedding",) + tuple(path)] = var.get_value()
-    model = abstract_unet(config)
-    flat = list(nnx.to_flat_state(nnx.state(model)))
-    wanted = {tuple(p) for p, v in flat if isinstance(v, nnx.Param)}
-    missing = sorted("/".join(map(str, p)) for p in wanted - set(params))
-    extra = sorted("/".join(map(str, p)) for p in set(params) - wanted)
-    if missing or extra:
-        raise ValueError(f"unet_from_params: parameters missing {missing[:10]} (of "
-                         f"{len(missing)}), unknown {extra[:10]} (of {len(extra)})")
-    base = jax.random.key(seed)
-    for i, (path, var) in enumerate(flat):
-        if isinstance(var, nnx.Param):
-            value = params[tuple(path)]
-            want = var.get_value()
-            if tuple(np.shape(value)) != tuple(want.shape):
-                raise ValueError(f"unet_from_params: {'/'.join(map(str, path))} has shape "
-                                 f"{np.shape(value)}, the model wants {tuple(want.shape)}")
-            var.set_value(jnp.asarray(value, want.dtype))
-        elif isinstance(var, nnx.RngKey):
-            var.set_value(jax.random.fold_in(base, i))
-        elif isinstance(var, nnx.RngCount):
-            var.set_value(jnp.zeros(var.get_value().shape, jnp.uint32))
-        else:  # pragma: no cover - the UNet holds no other state
-            raise TypeError(f"unexpected state {type(var).__name__} at {path}")
-    return model
+    return model_from_params(UNet3D, config, params, seed=seed)
 
 
 def param_count(config: UNet3DConfig) -> int:
