@@ -254,8 +254,7 @@ def with_logical_constraint(
     if math.prod(v for k, v in dict(ctx.shape).items() if k not in manual) == 1:
         return x
     if manual:
-        rules = {k: _without(v, manual) for k, v in (DEFAULT_RULES if rules is None
-                                                     else rules).items()}
+        rules = _without_axes(DEFAULT_RULES if rules is None else rules, manual)
     spec = logical_to_spec(axes, rules, shape=x.shape, mesh=ctx)
     target = NamedSharding(mesh, spec) if mesh is not None else spec
     return jax.lax.with_sharding_constraint(x, target)
@@ -268,12 +267,12 @@ def _without(axes: MeshAxes, drop: set[str]) -> MeshAxes:
     return None if not kept else kept[0] if len(kept) == 1 else kept
 
 
-def _without_axis(rules: LogicalRules, axis: str) -> dict[str, MeshAxes]:
-    """``rules`` with the mesh axis ``axis`` removed from every logical axis."""
-    return {name: _without(axes, {axis}) for name, axes in rules.items()}
+def _without_axes(rules: LogicalRules, drop: set[str]) -> dict[str, MeshAxes]:
+    """``rules`` with the mesh axes in ``drop`` removed from every logical axis."""
+    return {name: _without(axes, drop) for name, axes in rules.items()}
 
 
-_GATHERED_DEFAULT = _without_axis(DEFAULT_RULES, "fsdp")
+_GATHERED_DEFAULT = _without_axes(DEFAULT_RULES, {"fsdp"})
 
 
 def gather_fsdp(
@@ -295,7 +294,7 @@ def gather_fsdp(
     gradients match one device to float32 rounding.
     """
     gathered = (_GATHERED_DEFAULT if rules is None or rules is DEFAULT_RULES
-                else _without_axis(rules, "fsdp"))
+                else _without_axes(rules, {"fsdp"}))
     return with_logical_constraint(x, axes, gathered, mesh)
 
 
